@@ -1,0 +1,13 @@
+//! onnx-ptq: post-training int8 quantization of ONNX models, calibrated through tract.
+//!
+//! The pipeline has one module per stage: [`onnx`] reads and writes models, [`graph`] indexes
+//! them, [`validate`] checks structure and executes a model in tract, and [`inspect`] summarises one.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod graph;
+pub mod inspect;
+pub mod onnx;
+pub mod validate;
+
+pub use error::{Error, Result};

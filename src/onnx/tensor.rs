@@ -1,0 +1,160 @@
+//! Consistency checks on `TensorProto` data, done before anything trusts a tensor's shape.
+
+use super::dtype::{self, Storage};
+use super::pb::tensor_proto::{DataLocation, DataType};
+use super::pb::TensorProto;
+
+/// Number of elements the dims claim, refusing negative dims and overflow.
+pub fn element_count(dims: &[i64]) -> Result<u64, String> {
+    dims.iter().try_fold(1u64, |acc, &d| {
+        let d = u64::try_from(d).map_err(|_| format!("negative dimension {d} in {dims:?}"))?;
+        acc.checked_mul(d)
+            .ok_or_else(|| format!("dims {dims:?} overflow the element count"))
+    })
+}
+
+/// The tensor's element type, refusing codes this schema does not know.
+pub fn data_type(t: &TensorProto) -> Result<DataType, String> {
+    let code = t.data_type.unwrap_or(0);
+    DataType::try_from(code).map_err(|_| format!("unknown data_type {code}"))
+}
+
+/// Whether the tensor's bytes live in an external file.
+pub fn is_external(t: &TensorProto) -> bool {
+    t.data_location == Some(DataLocation::External as i32)
+}
+
+/// Bytes of `raw_data` a tensor of this type and these dims must have, `None` for strings.
+pub fn expected_raw_len(t: &TensorProto) -> Result<Option<u64>, String> {
+    let dt = data_type(t)?;
+    let n = element_count(&t.dims)?;
+    match dtype::storage(dt) {
+        Some(Storage::Bits(_)) => dtype::raw_len(dt, n)
+            .map(Some)
+            .ok_or_else(|| format!("dims {:?} overflow the byte size", t.dims)),
+        Some(Storage::Variable) => Ok(None),
+        None => Ok(None),
+    }
+}
+
+/// Checks that an inline tensor's data holds at least as many elements as its dims claim.
+///
+/// A tensor with no data at all is accepted when it claims no elements; `UNDEFINED` tensors
+/// (which some exporters emit for optional attributes) are accepted when empty.
+pub fn check_inline_data(t: &TensorProto) -> Result<(), String> {
+    if is_external(t) {
+        return Ok(());
+    }
+    let code = t.data_type.unwrap_or(0);
+    let n = element_count(&t.dims)?;
+    if code == DataType::Undefined as i32 {
+        return if n == 0 || (t.raw_data.is_none() && has_no_typed_data(t)) {
+            Ok(())
+        } else {
+            Err("data_type is UNDEFINED but the tensor holds data".into())
+        };
+    }
+    let dt = data_type(t)?;
+    if let Some(raw) = &t.raw_data {
+        let need = expected_raw_len(t)?;
+        return match need {
+            Some(need) if (raw.len() as u64) < need => Err(format!(
+                "dims {:?} of {} claim {need} bytes but raw_data holds {}",
+                t.dims,
+                dtype::name(dt),
+                raw.len()
+            )),
+            _ => Ok(()),
+        };
+    }
+    let (held, per_element) = typed_field_len(t, dt);
+    let need = match dtype::storage(dt) {
+        Some(Storage::Bits(bits)) if bits < 8 => n.div_ceil(u64::from(8 / bits)),
+        _ => n
+            .checked_mul(per_element)
+            .ok_or("element count overflows")?,
+    };
+    if held < need {
+        return Err(format!(
+            "dims {:?} of {} claim {n} elements but the tensor holds data for {}",
+            t.dims,
+            dtype::name(dt),
+            held / per_element.max(1)
+        ));
+    }
+    Ok(())
+}
+
+fn has_no_typed_data(t: &TensorProto) -> bool {
+    t.float_data.is_empty()
+        && t.int32_data.is_empty()
+        && t.string_data.is_empty()
+        && t.int64_data.is_empty()
+        && t.double_data.is_empty()
+        && t.uint64_data.is_empty()
+}
+
+/// Length of the typed field that holds this type, and how many entries one element takes.
+fn typed_field_len(t: &TensorProto, dt: DataType) -> (u64, u64) {
+    use DataType::*;
+    let len = |v: usize| v as u64;
+    match dt {
+        Float => (len(t.float_data.len()), 1),
+        Complex64 => (len(t.float_data.len()), 2),
+        Double => (len(t.double_data.len()), 1),
+        Complex128 => (len(t.double_data.len()), 2),
+        Int64 => (len(t.int64_data.len()), 1),
+        Uint32 | Uint64 => (len(t.uint64_data.len()), 1),
+        String => (len(t.string_data.len()), 1),
+        _ => (len(t.int32_data.len()), 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dt: DataType, dims: &[i64]) -> TensorProto {
+        TensorProto {
+            data_type: Some(dt as i32),
+            dims: dims.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_data_shorter_than_dims_is_refused() {
+        let mut t = tensor(DataType::Float, &[2, 3]);
+        t.raw_data = Some(vec![0; 20]);
+        let err = check_inline_data(&t).unwrap_err();
+        assert!(err.contains("claim 24 bytes"), "{err}");
+        t.raw_data = Some(vec![0; 24]);
+        check_inline_data(&t).unwrap();
+    }
+
+    #[test]
+    fn typed_data_shorter_than_dims_is_refused() {
+        let mut t = tensor(DataType::Int64, &[4]);
+        t.int64_data = vec![1, 2, 3];
+        assert!(check_inline_data(&t).is_err());
+        t.int64_data.push(4);
+        check_inline_data(&t).unwrap();
+    }
+
+    #[test]
+    fn packed_int4_in_int32_data_counts_pairs() {
+        let mut t = tensor(DataType::Int4, &[5]);
+        t.int32_data = vec![0, 0, 0];
+        check_inline_data(&t).unwrap();
+        t.int32_data.pop();
+        assert!(check_inline_data(&t).is_err());
+    }
+
+    #[test]
+    fn absurd_dims_do_not_overflow() {
+        let t = tensor(DataType::Float, &[i64::MAX, i64::MAX]);
+        assert!(check_inline_data(&t).unwrap_err().contains("overflow"));
+        let t = tensor(DataType::Float, &[-1]);
+        assert!(check_inline_data(&t).unwrap_err().contains("negative"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The execution check: load the model in tract with concrete input shapes and run it once.
+
+use prost::Message;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::InferenceFact;
+
+use super::{ExecOptions, ExecSummary};
+use crate::graph::{tensor_type, Dim};
+use crate::onnx::dtype;
+use crate::onnx::pb::tensor_proto::DataType;
+use crate::onnx::pb::ModelProto;
+
+/// Runs `model` once in tract on synthetic inputs (deterministic values in [-1, 1) for floats,
+/// zeros for integers, which keeps index inputs in range). `Err` explains what tract refused.
+pub fn check_execution(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, String> {
+    let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+    let bytes = model.encode_to_vec();
+    let mut inference = tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true)
+        .model_for_read(&mut bytes.as_slice())
+        .map_err(|e| format!("tract could not load the model: {e:#}"))?;
+    let mut fed = Vec::new();
+    for (slot, outlet) in inference
+        .input_outlets()
+        .map_err(|e| e.to_string())?
+        .to_vec()
+        .into_iter()
+        .enumerate()
+    {
+        let name = inference.node(outlet.node).name.clone();
+        let decl = graph
+            .input
+            .iter()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| format!("tract input '{name}' is not a graph input"))?;
+        let tt = decl
+            .r#type
+            .as_ref()
+            .and_then(tensor_type)
+            .ok_or_else(|| format!("input '{name}' is not a tensor"))?;
+        let dt = datum_type(tt.elem_type).ok_or_else(|| {
+            format!(
+                "input '{name}' has element type {}, which tract cannot feed",
+                dtype::name(tt.elem_type)
+            )
+        })?;
+        let shape: Vec<usize> = tt
+            .shape
+            .as_deref()
+            .ok_or_else(|| format!("input '{name}' has no shape: its rank is unknown"))?
+            .iter()
+            .map(|d| match d {
+                Dim::Value(v) if *v >= 0 => *v as usize,
+                Dim::Param(p) => *options.dims.get(p).unwrap_or(&options.default_dim) as usize,
+                _ => options.default_dim as usize,
+            })
+            .collect();
+        inference
+            .set_input_fact(slot, InferenceFact::dt_shape(dt, shape.clone()))
+            .map_err(|e| format!("input '{name}': {e:#}"))?;
+        fed.push((name, shape, dt));
+    }
+    let typed = inference
+        .into_typed()
+        .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+    let output_names: Vec<String> = typed
+        .output_outlets()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|o| {
+            typed
+                .outlet_label(*o)
+                .map(str::to_string)
+                .unwrap_or_else(|| typed.node(o.node).name.clone())
+        })
+        .collect();
+    let plan = typed
+        .into_decluttered()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| format!("tract could not plan the model: {e:#}"))?;
+    let inputs: TVec<TValue> = fed
+        .iter()
+        .enumerate()
+        .map(|(k, (_, shape, dt))| synthetic_input(*dt, shape, k as u64).map(|t| t.into_tvalue()))
+        .collect::<Result<_, _>>()?;
+    let outputs = plan
+        .run(inputs)
+        .map_err(|e| format!("tract failed to run the model: {e:#}"))?;
+    Ok(ExecSummary {
+        inputs: fed.into_iter().map(|(n, s, _)| (n, s)).collect(),
+        outputs: output_names
+            .into_iter()
+            .zip(outputs.iter().map(|t| t.shape().to_vec()))
+            .collect(),
+    })
+}
+
+/// tract's type for an ONNX element type, `None` for those tract cannot hold.
+pub(crate) fn datum_type(dt: DataType) -> Option<DatumType> {
+    use DataType::*;
+    Some(match dt {
+        Float => f32::datum_type(),
+        Double => f64::datum_type(),
+        Float16 => f16::datum_type(),
+        Int8 => i8::datum_type(),
+        Int16 => i16::datum_type(),
+        Int32 => i32::datum_type(),
+        Int64 => i64::datum_type(),
+        Uint8 => u8::datum_type(),
+        Uint16 => u16::datum_type(),
+        Uint32 => u32::datum_type(),
+        Uint64 => u64::datum_type(),
+        Bool => bool::datum_type(),
+        String => std::string::String::datum_type(),
+        _ => return None,
+    })
+}
+
+fn synthetic_input(dt: DatumType, shape: &[usize], seed: u64) -> Result<Tensor, String> {
+    if dt == f32::datum_type() || dt == f64::datum_type() || dt == f16::datum_type() {
+        let n: usize = shape.iter().product();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let t = tract_ndarray::ArrayD::from_shape_vec(shape, values)
+            .map_err(|e| e.to_string())?
+            .into_tensor();
+        t.cast_to_dt(dt)
+            .map(|c| c.into_owned())
+            .map_err(|e| e.to_string())
+    } else {
+        Tensor::zero_dt(dt, shape).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,151 @@
+//! Checks that a model is well formed before anything is written: structure (names, order,
+//! domains, tensors, Q/DQ parameters) and then execution in tract with concrete input shapes.
+
+#[cfg(feature = "tract")]
+mod exec;
+mod qdq;
+mod structure;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[cfg(feature = "tract")]
+pub use exec::check_execution;
+pub use structure::check_structure;
+
+/// One problem found in a model, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// Where: the graph path and, when relevant, the node or tensor.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// How to pick concrete shapes for the execution check.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Values for symbolic dimensions, by their `dim_param` name.
+    pub dims: BTreeMap<String, i64>,
+    /// Value for symbolic dimensions not named in `dims`, and for unknown ones.
+    pub default_dim: i64,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            dims: BTreeMap::new(),
+            default_dim: 1,
+        }
+    }
+}
+
+/// What the execution check ran.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ExecSummary {
+    /// Each input's name and the concrete shape it was fed.
+    pub inputs: Vec<(String, Vec<usize>)>,
+    /// Each output's name and the shape tract produced.
+    pub outputs: Vec<(String, Vec<usize>)>,
+}
+
+/// The newest IR version the vendored schema describes.
+pub const MAX_IR_VERSION: i64 = 13;
+
+/// Outcome of the execution check.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Execution {
+    /// Not run: asked not to, or the structure is already invalid.
+    Skipped {
+        /// Why it was not run.
+        reason: String,
+    },
+    /// tract ran the model.
+    Passed(ExecSummary),
+    /// tract refused or failed.
+    Failed {
+        /// tract's error chain.
+        error: String,
+    },
+}
+
+/// Both checks of `onnx-ptq validate`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Validation {
+    /// Structural problems; empty when the structure is valid.
+    pub structure: Vec<Finding>,
+    /// The execution check.
+    pub execution: Execution,
+}
+
+impl Validation {
+    /// Whether both checks passed (a skipped execution check counts as passed only when asked for).
+    pub fn is_valid(&self) -> bool {
+        self.structure.is_empty() && !matches!(self.execution, Execution::Failed { .. })
+    }
+}
+
+/// Runs the structural checks, then (when `exec` is given and the structure is sound) the
+/// execution check.
+pub fn validate(model: &crate::onnx::pb::ModelProto, exec: Option<&ExecOptions>) -> Validation {
+    let structure = check_structure(model);
+    let execution = match exec {
+        None => Execution::Skipped {
+            reason: "not requested".into(),
+        },
+        Some(_) if !structure.is_empty() => Execution::Skipped {
+            reason: "the structure is invalid".into(),
+        },
+        #[cfg(feature = "tract")]
+        Some(options) => match check_execution(model, options) {
+            Ok(summary) => Execution::Passed(summary),
+            Err(error) => Execution::Failed { error },
+        },
+        #[cfg(not(feature = "tract"))]
+        Some(_) => Execution::Skipped {
+            reason: "built without the tract feature".into(),
+        },
+    };
+    Validation {
+        structure,
+        execution,
+    }
+}
+
+impl fmt::Display for Validation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.structure.is_empty() {
+            writeln!(f, "structure: ok")?;
+        } else {
+            writeln!(f, "structure: {} problem(s)", self.structure.len())?;
+            for finding in &self.structure {
+                writeln!(f, "  {finding}")?;
+            }
+        }
+        match &self.execution {
+            Execution::Skipped { reason } => writeln!(f, "execution: skipped ({reason})"),
+            Execution::Failed { error } => writeln!(f, "execution: failed: {error}"),
+            Execution::Passed(s) => {
+                let shapes = |v: &[(String, Vec<usize>)]| {
+                    v.iter()
+                        .map(|(n, s)| format!("{n}{s:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                writeln!(
+                    f,
+                    "execution: ok in tract (inputs {}; outputs {})",
+                    shapes(&s.inputs),
+                    shapes(&s.outputs)
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+use std::collections::{HashMap, HashSet};
+
+use super::{qdq, Finding, MAX_IR_VERSION};
+use crate::graph::{GraphIndex, Opsets};
+use crate::onnx::pb::tensor_proto::{DataLocation, DataType};
+use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+use crate::onnx::walk::node_label;
+use crate::onnx::{attr, tensor};
+
+/// Ops the ONNX checker lists as experimental: they have no schema but are not an error.
+const EXPERIMENTAL_OPS: &[&str] = &[
+    "ATen",
+    "Affine",
+    "ConstantFill",
+    "Crop",
+    "DynamicSlice",
+    "GRUUnit",
+    "GivenTensorFill",
+    "ImageScaler",
+    "ParametricSoftplus",
+    "Scale",
+    "ScaledTanh",
+];
+
+/// Structural checks of a whole model; an empty list means the model is well formed.
+///
+/// What is checked mirrors the ONNX checker's structural rules (single assignment, topological
+/// order with outer-scope lookup, imported domains, tensor data fields) plus the quantization
+/// rules onnx-ptq relies on for QuantizeLinear/DequantizeLinear.
+pub fn check_structure(model: &ModelProto) -> Vec<Finding> {
+    let mut ctx = Ctx {
+        findings: Vec::new(),
+        opsets: Opsets::new(&model.opset_import),
+        ir_version: model.ir_version(),
+        local_functions: model
+            .functions
+            .iter()
+            .map(|f| (f.domain().to_string(), f.name().to_string()))
+            .collect(),
+    };
+    let ir = model.ir_version();
+    if ir <= 0 {
+        ctx.push("model", "the model does not have an ir_version");
+    } else if ir > MAX_IR_VERSION {
+        ctx.push(
+            "model",
+            format!("ir_version {ir} is newer than the newest this tool knows ({MAX_IR_VERSION})"),
+        );
+    }
+    if ir >= 3 && model.opset_import.is_empty() {
+        ctx.push("model", "a model with IR version >= 3 must import an opset");
+    }
+    let mut keys = HashSet::new();
+    for kv in &model.metadata_props {
+        if !keys.insert(kv.key()) {
+            ctx.push(
+                "model",
+                format!("duplicate metadata_props key '{}'", kv.key()),
+            );
+        }
+    }
+    match &model.graph {
+        Some(g) => ctx.check_graph(g, "graph", &Scope::default(), true),
+        None => ctx.push("model", "the model has no graph"),
+    }
+    for f in &model.functions {
+        let where_ = format!("function '{}'", f.name());
+        if f.name().is_empty() {
+            ctx.push(&where_, "a function must have a name");
+        }
+        let fopsets = Opsets::new(&f.opset_import);
+        let mut defined: HashSet<&str> = f.input.iter().map(String::as_str).collect();
+        for node in &f.node {
+            for input in node.input.iter().filter(|i| !i.is_empty()) {
+                if !defined.contains(input.as_str()) {
+                    ctx.push(
+                        &format!("{where_} {}", node_label(node)),
+                        format!("input '{input}' is not defined before this node"),
+                    );
+                }
+            }
+            if fopsets.version(node.domain()).is_none() {
+                ctx.push(
+                    &format!("{where_} {}", node_label(node)),
+                    format!("domain '{}' is not imported by the function", node.domain()),
+                );
+            }
+            defined.extend(
+                node.output
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .map(String::as_str),
+            );
+        }
+    }
+    ctx.findings
+}
+
+/// Names visible from enclosing graphs.
+#[derive(Default, Clone)]
+struct Scope<'a> {
+    names: HashSet<&'a str>,
+}
+
+struct Ctx {
+    findings: Vec<Finding>,
+    opsets: Opsets,
+    ir_version: i64,
+    local_functions: HashSet<(String, String)>,
+}
+
+impl Ctx {
+    fn push(&mut self, location: &str, message: impl Into<String>) {
+        self.findings.push(Finding {
+            location: location.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn check_graph<'a>(&mut self, g: &'a GraphProto, path: &str, outer: &Scope<'a>, main: bool) {
+        let path = if g.name().is_empty() {
+            self.push(path, "the graph has no name");
+            path.to_string()
+        } else {
+            format!("{path} '{}'", g.name())
+        };
+        for v in g.input.iter().chain(&g.output) {
+            self.check_value_info(v, &path, main);
+        }
+        let mut scope = outer.clone();
+        let mut here: HashSet<&str> = HashSet::new();
+        for v in &g.input {
+            if !here.insert(v.name()) {
+                self.push(
+                    &path,
+                    format!("'{}' is declared as a graph input twice", v.name()),
+                );
+            }
+            scope.names.insert(v.name());
+        }
+        let mut init_names = HashSet::new();
+        for t in &g.initializer {
+            let name = t.name();
+            if name.is_empty() {
+                self.push(&path, "an initializer has no name");
+            } else if !init_names.insert(name) {
+                self.push(&path, format!("initializer name '{name}' is not unique"));
+            }
+            self.check_tensor(t, &format!("{path} initializer '{name}'"));
+            if self.ir_version <= 3 && !here.contains(name) {
+                self.push(
+                    &path,
+                    format!("initializer '{name}' is not a graph input (required for IR <= 3)"),
+                );
+            }
+            scope.names.insert(name);
+        }
+        for s in &g.sparse_initializer {
+            let name = s.values.as_ref().map(|v| v.name()).unwrap_or("");
+            if name.is_empty() {
+                self.push(&path, "a sparse initializer has no name");
+            } else if !init_names.insert(name) {
+                self.push(
+                    &path,
+                    format!("sparse initializer name '{name}' is not unique"),
+                );
+            }
+            scope.names.insert(name);
+        }
+        let index = GraphIndex::new(g);
+        let produced_later: HashMap<&str, usize> = g
+            .node
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+            .collect();
+        let cycle: HashSet<usize> = index
+            .topological_order()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for (i, node) in g.node.iter().enumerate() {
+            let where_ = format!("{path} {}", node_label(node));
+            for input in node.input.iter().filter(|i| !i.is_empty()) {
+                if scope.names.contains(input.as_str()) {
+                    continue;
+                }
+                let message = match produced_later.get(input.as_str()) {
+                    Some(_) if cycle.contains(&i) => {
+                        format!("input '{input}' depends on this node's own output: the graph has a cycle")
+                    }
+                    Some(_) => format!(
+                        "input '{input}' is produced by a later node: nodes are not in topological order"
+                    ),
+                    None => format!("input '{input}' is not defined (no graph input, initializer or node output has this name)"),
+                };
+                self.push(&where_, message);
+            }
+            self.check_node(node, &where_, &scope, &index);
+            for out in node.output.iter().filter(|o| !o.is_empty()) {
+                if scope.names.contains(out.as_str()) {
+                    self.push(
+                        &where_,
+                        format!("output '{out}' is assigned more than once (the graph must be in single static assignment form)"),
+                    );
+                }
+                scope.names.insert(out);
+            }
+        }
+        for out in &g.output {
+            if !out.name().is_empty() && !scope.names.contains(out.name()) {
+                self.push(
+                    &path,
+                    format!("graph output '{}' is never produced", out.name()),
+                );
+            }
+        }
+    }
+
+    fn check_value_info(&mut self, v: &ValueInfoProto, path: &str, main: bool) {
+        if v.name().is_empty() {
+            self.push(path, "a graph input or output has no name");
+        }
+        if main && v.r#type.as_ref().and_then(|t| t.value.as_ref()).is_none() {
+            self.push(
+                path,
+                format!("graph input/output '{}' has no type", v.name()),
+            );
+        }
+    }
+
+    fn check_node<'a>(
+        &mut self,
+        node: &'a NodeProto,
+        where_: &str,
+        scope: &Scope<'a>,
+        index: &GraphIndex<'a>,
+    ) {
+        let domain = node.domain();
+        let is_default = matches!(domain, "" | "ai.onnx");
+        let experimental = is_default && EXPERIMENTAL_OPS.contains(&node.op_type());
+        if self.opsets.version(domain).is_none()
+            && !self
+                .local_functions
+                .contains(&(domain.to_string(), node.op_type().to_string()))
+        {
+            self.push(
+                where_,
+                format!("domain '{domain}' is used but not imported (no opset_import entry)"),
+            );
+        }
+        if node.op_type().is_empty() {
+            self.push(where_, "the node has no op_type");
+        }
+        for a in &node.attribute {
+            if a.name().is_empty() {
+                self.push(where_, "an attribute has no name");
+            }
+            if let Some(t) = &a.t {
+                self.check_tensor(t, &format!("{where_} attribute '{}'", a.name()));
+            }
+            for t in &a.tensors {
+                self.check_tensor(t, &format!("{where_} attribute '{}'", a.name()));
+            }
+        }
+        if is_default && !experimental {
+            if let Some(version) = self.opsets.default_domain() {
+                for f in qdq::check(node, version, index) {
+                    self.push(where_, f);
+                }
+            }
+        }
+        for (name, sub) in attr::subgraphs(node) {
+            self.check_graph(
+                sub,
+                &format!("{where_} attribute '{name}' subgraph"),
+                scope,
+                false,
+            );
+        }
+    }
+
+    fn check_tensor(&mut self, t: &TensorProto, where_: &str) {
+        let code = t.data_type.unwrap_or(0);
+        if code == DataType::Undefined as i32 {
+            self.push(where_, "the tensor's data_type is UNDEFINED");
+            return;
+        }
+        if DataType::try_from(code).is_err() {
+            self.push(where_, format!("unknown data_type {code}"));
+            return;
+        }
+        let fields = [
+            !t.float_data.is_empty(),
+            !t.int32_data.is_empty(),
+            !t.string_data.is_empty(),
+            !t.int64_data.is_empty(),
+            t.raw_data.as_ref().is_some_and(|r| !r.is_empty()),
+            !t.double_data.is_empty(),
+            !t.uint64_data.is_empty(),
+        ];
+        let n_fields = fields.iter().filter(|&&b| b).count();
+        if t.data_location == Some(DataLocation::External as i32) {
+            if n_fields != 0 {
+                self.push(
+                    where_,
+                    "the tensor is stored externally but also holds data",
+                );
+            }
+            return;
+        }
+        let n = match tensor::element_count(&t.dims) {
+            Ok(n) => n,
+            Err(e) => return self.push(where_, e),
+        };
+        if n == 0 && n_fields != 0 {
+            self.push(where_, "a 0-element tensor holds data");
+        } else if n != 0 && n_fields != 1 {
+            self.push(where_, "the tensor must hold its data in exactly one field");
+        } else if let Err(e) = tensor::check_inline_data(t) {
+            self.push(where_, e);
+        }
+    }
+}
