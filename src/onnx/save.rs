@@ -11,7 +11,7 @@ use super::{dtype, tensor};
 use crate::error::{Error, Result};
 
 /// Protobuf refuses messages of 2 GiB and more; stay clear of the limit.
-const PROTOBUF_LIMIT: u64 = (2 << 30) - (64 << 20);
+pub const PROTOBUF_LIMIT: u64 = (2 << 30) - (64 << 20);
 /// Tensor size from which weights go to the side file when external data is switched on
 /// automatically because the model is too large for one protobuf.
 const AUTO_EXTERNAL_THRESHOLD: u64 = 1024;
@@ -19,11 +19,23 @@ const AUTO_EXTERNAL_THRESHOLD: u64 = 1024;
 const EXTERNAL_ALIGN: u64 = 64;
 
 /// How to write a model.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SaveOptions {
     /// Move tensors of at least this many bytes into one side file next to the model. `None`
-    /// keeps everything inline unless the model would exceed the protobuf size limit.
+    /// keeps everything inline unless the model would exceed `size_limit`.
     pub external_threshold: Option<u64>,
+    /// Encoded size from which external data is switched on automatically; defaults to
+    /// [`PROTOBUF_LIMIT`], just under what protobuf readers accept.
+    pub size_limit: u64,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            external_threshold: None,
+            size_limit: PROTOBUF_LIMIT,
+        }
+    }
 }
 
 /// What `Model::save` wrote.
@@ -51,7 +63,8 @@ impl Model {
         let path = path.as_ref();
         refuse_sources(path, &self.source_files)?;
         let threshold = options.external_threshold.or_else(|| {
-            (self.proto.encoded_len() as u64 >= PROTOBUF_LIMIT).then_some(AUTO_EXTERNAL_THRESHOLD)
+            (self.proto.encoded_len() as u64 >= options.size_limit)
+                .then_some(AUTO_EXTERNAL_THRESHOLD)
         });
         let Some(threshold) = threshold else {
             let bytes = encode_model(&self.proto);
@@ -80,7 +93,7 @@ impl Model {
             if (raw.len() as u64) < threshold {
                 return Ok(());
             }
-            while side.len() as u64 % EXTERNAL_ALIGN != 0 {
+            while !(side.len() as u64).is_multiple_of(EXTERNAL_ALIGN) {
                 side.push(0);
             }
             let offset = side.len();

@@ -13,9 +13,21 @@ use std::fmt;
 pub use exec::check_execution;
 pub use structure::check_structure;
 
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The model is invalid: the ONNX checker or onnxruntime would refuse it.
+    Error,
+    /// The model breaks the letter of the ONNX spec in a way the reference tools tolerate.
+    Warning,
+}
+
 /// One problem found in a model, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
+    /// Whether this makes the model invalid.
+    pub severity: Severity,
     /// Where: the graph path and, when relevant, the node or tensor.
     pub location: String,
     /// What is wrong.
@@ -24,7 +36,11 @@ pub struct Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location, self.message)
+        let tag = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        write!(f, "{tag}{}: {}", self.location, self.message)
     }
 }
 
@@ -79,7 +95,7 @@ pub enum Execution {
 /// Both checks of `onnx-ptq validate`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Validation {
-    /// Structural problems; empty when the structure is valid.
+    /// Structural findings; the structure is valid when none is an error.
     pub structure: Vec<Finding>,
     /// The execution check.
     pub execution: Execution,
@@ -88,7 +104,7 @@ pub struct Validation {
 impl Validation {
     /// Whether both checks passed (a skipped execution check counts as passed only when asked for).
     pub fn is_valid(&self) -> bool {
-        self.structure.is_empty() && !matches!(self.execution, Execution::Failed { .. })
+        !has_errors(&self.structure) && !matches!(self.execution, Execution::Failed { .. })
     }
 }
 
@@ -100,7 +116,7 @@ pub fn validate(model: &crate::onnx::pb::ModelProto, exec: Option<&ExecOptions>)
         None => Execution::Skipped {
             reason: "not requested".into(),
         },
-        Some(_) if !structure.is_empty() => Execution::Skipped {
+        Some(_) if has_errors(&structure) => Execution::Skipped {
             reason: "the structure is invalid".into(),
         },
         #[cfg(feature = "tract")]
@@ -121,13 +137,18 @@ pub fn validate(model: &crate::onnx::pb::ModelProto, exec: Option<&ExecOptions>)
 
 impl fmt::Display for Validation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.structure.is_empty() {
+        let n_errors = self
+            .structure
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
+        if n_errors == 0 {
             writeln!(f, "structure: ok")?;
         } else {
-            writeln!(f, "structure: {} problem(s)", self.structure.len())?;
-            for finding in &self.structure {
-                writeln!(f, "  {finding}")?;
-            }
+            writeln!(f, "structure: {n_errors} error(s)")?;
+        }
+        for finding in &self.structure {
+            writeln!(f, "  {finding}")?;
         }
         match &self.execution {
             Execution::Skipped { reason } => writeln!(f, "execution: skipped ({reason})"),
@@ -148,4 +169,9 @@ impl fmt::Display for Validation {
             }
         }
     }
+}
+
+/// Whether any finding is an error.
+pub fn has_errors(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Error)
 }

@@ -2,6 +2,7 @@
 //! zero point type equal to the quantized type, and scale/zero-point shapes that agree with
 //! `axis` and `block_size`.
 
+use super::Severity;
 use crate::graph::{Dim, GraphIndex};
 use crate::onnx::attr;
 use crate::onnx::dtype;
@@ -135,7 +136,7 @@ const DEQUANTIZE: &[Signature] = &[
 ];
 
 /// Problems with a Q or DQ node at default-domain opset `opset`; empty for other ops.
-pub(super) fn check(node: &NodeProto, opset: i64, index: &GraphIndex) -> Vec<String> {
+pub(super) fn check(node: &NodeProto, opset: i64, index: &GraphIndex) -> Vec<(Severity, String)> {
     let (table, is_dq) = match node.op_type() {
         "QuantizeLinear" => (QUANTIZE, false),
         "DequantizeLinear" => (DEQUANTIZE, true),
@@ -143,9 +144,12 @@ pub(super) fn check(node: &NodeProto, opset: i64, index: &GraphIndex) -> Vec<Str
     };
     let mut problems = Vec::new();
     let Some(sig) = table.iter().find(|s| s.since <= opset) else {
-        return vec![format!(
-            "{} needs opset >= 10, the model imports {opset}",
-            node.op_type()
+        return vec![(
+            Severity::Error,
+            format!(
+                "{} needs opset >= 10, the model imports {opset}",
+                node.op_type()
+            ),
         )];
     };
     for a in &node.attribute {
@@ -232,6 +236,8 @@ pub(super) fn check(node: &NodeProto, opset: i64, index: &GraphIndex) -> Vec<Str
             ));
         }
     }
+    let mut problems: Vec<(Severity, String)> =
+        problems.into_iter().map(|p| (Severity::Error, p)).collect();
     problems.extend(check_shapes(
         node,
         opset,
@@ -248,15 +254,20 @@ fn check_shapes(
     x: Option<Vec<Dim>>,
     scale: Option<Vec<Dim>>,
     zero_point: Option<Vec<Dim>>,
-) -> Vec<String> {
+) -> Vec<(Severity, String)> {
     let mut problems = Vec::new();
     let Some(scale) = scale else { return problems };
     if let Some(zp) = &zero_point {
-        if *zp != scale {
-            problems.push(format!(
-                "zero point shape {} differs from scale shape {}",
-                dims(zp),
-                dims(&scale)
+        // A scalar and a one-element 1-D tensor both mean per-tensor: the spec allows either.
+        let single = |d: &[Dim]| d.len() <= 1 && d.iter().all(|x| *x == Dim::Value(1));
+        if *zp != scale && !(single(zp) && single(&scale)) {
+            problems.push((
+                Severity::Error,
+                format!(
+                    "zero point shape {} differs from scale shape {}",
+                    dims(zp),
+                    dims(&scale)
+                ),
             ));
         }
     }
@@ -272,7 +283,10 @@ fn check_shapes(
         return problems;
     }
     if block_size < 0 {
-        problems.push(format!("block_size {block_size} is negative"));
+        problems.push((
+            Severity::Error,
+            format!("block_size {block_size} is negative"),
+        ));
         return problems;
     }
     let rank = x.as_ref().map(Vec::len);
@@ -281,46 +295,59 @@ fn check_shapes(
         (0..r as i64).contains(&a).then_some(a as usize)
     });
     if let (Some(r), None) = (rank, norm_axis) {
-        problems.push(format!(
-            "axis {axis} is out of range for an input of rank {r}"
+        problems.push((
+            Severity::Error,
+            format!("axis {axis} is out of range for an input of rank {r}"),
         ));
         return problems;
     }
     if block_size == 0 {
         if scale.len() != 1 {
-            problems.push(format!(
-                "per-axis scale must be 1-D, got shape {}",
-                dims(&scale)
+            problems.push((
+                Severity::Error,
+                format!("per-axis scale must be 1-D, got shape {}", dims(&scale)),
             ));
             return problems;
         }
         if opset < 13 {
-            problems.push(format!(
+            // With an `axis` attribute the checker refuses the node; without one, onnxruntime and
+            // the checker accept a 1-D scale although DequantizeLinear-10 specifies a scalar.
+            let severity = if attr::find(node, "axis").is_some() {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
+            problems.push((severity, format!(
                 "per-channel quantization (a 1-D scale of {} values) needs opset >= 13, the model imports {opset}",
                 dims(&scale)
-            ));
+            )));
         }
         if let (Some(x), Some(a)) = (&x, norm_axis) {
             if let (Dim::Value(len), Dim::Value(n)) = (&x[a], &scale[0]) {
                 if len != n {
-                    problems.push(format!(
-                        "scale has {n} values but input axis {axis} has size {len}"
+                    problems.push((
+                        Severity::Error,
+                        format!("scale has {n} values but input axis {axis} has size {len}"),
                     ));
                 }
             }
         }
     } else {
         if opset < 21 {
-            problems.push(format!(
-                "block_size needs opset >= 21, the model imports {opset}"
+            problems.push((
+                Severity::Error,
+                format!("block_size needs opset >= 21, the model imports {opset}"),
             ));
         }
         if let (Some(x), Some(a)) = (&x, norm_axis) {
             if scale.len() != x.len() {
-                problems.push(format!(
-                    "blocked scale must have the input's rank {}, got shape {}",
-                    x.len(),
-                    dims(&scale)
+                problems.push((
+                    Severity::Error,
+                    format!(
+                        "blocked scale must have the input's rank {}, got shape {}",
+                        x.len(),
+                        dims(&scale)
+                    ),
                 ));
             } else {
                 for (i, (xd, sd)) in x.iter().zip(&scale).enumerate() {
@@ -331,10 +358,10 @@ fn check_shapes(
                             *xd
                         };
                         if *sd != want {
-                            problems.push(format!(
+                            problems.push((Severity::Error, format!(
                                 "blocked scale dim {i} is {sd}, expected {want} for input shape {} and block_size {block_size}",
                                 self::dims(x)
-                            ));
+                            )));
                             break;
                         }
                     }

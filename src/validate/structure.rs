@@ -1,6 +1,6 @@
 use std::collections::{HashMap, HashSet};
 
-use super::{qdq, Finding, MAX_IR_VERSION};
+use super::{qdq, Finding, Severity, MAX_IR_VERSION};
 use crate::graph::{GraphIndex, Opsets};
 use crate::onnx::pb::tensor_proto::{DataLocation, DataType};
 use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
@@ -22,7 +22,7 @@ const EXPERIMENTAL_OPS: &[&str] = &[
     "ScaledTanh",
 ];
 
-/// Structural checks of a whole model; an empty list means the model is well formed.
+/// Structural checks of a whole model; the model is well formed when no finding is an error.
 ///
 /// What is checked mirrors the ONNX checker's structural rules (single assignment, topological
 /// order with outer-scope lookup, imported domains, tensor data fields) plus the quantization
@@ -111,7 +111,12 @@ struct Ctx {
 
 impl Ctx {
     fn push(&mut self, location: &str, message: impl Into<String>) {
+        self.push_with(Severity::Error, location, message);
+    }
+
+    fn push_with(&mut self, severity: Severity, location: &str, message: impl Into<String>) {
         self.findings.push(Finding {
+            severity,
             location: location.to_string(),
             message: message.into(),
         });
@@ -266,8 +271,8 @@ impl Ctx {
         }
         if is_default && !experimental {
             if let Some(version) = self.opsets.default_domain() {
-                for f in qdq::check(node, version, index) {
-                    self.push(where_, f);
+                for (severity, message) in qdq::check(node, version, index) {
+                    self.push_with(severity, where_, message);
                 }
             }
         }

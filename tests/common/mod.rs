@@ -1,0 +1,101 @@
+//! Paths to the cached test data that `.ci/setup` installs, and the Python oracle.
+//! Missing data is a failure with instructions, never a skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `$ONNX_PTQ_CACHE`, or `~/.cache/onnx-ptq`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("ONNX_PTQ_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            Path::new(&home).join(".cache/onnx-ptq")
+        })
+}
+
+/// Panics with the way to get `path` when it is missing.
+pub fn require(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "missing test data {}: run `bash .ci/setup` (or `bash .ci/test`) first",
+        path.display()
+    );
+    path
+}
+
+/// The folder of ONNX's node test cases (onnx 1.22.0 wheel).
+pub fn node_test_dir() -> PathBuf {
+    require(cache_dir().join("data/onnx-1.22.0/onnx/backend/test/data/node"))
+}
+
+/// Every node test case's `model.onnx`, sorted.
+pub fn node_models() -> Vec<PathBuf> {
+    let mut models: Vec<PathBuf> = std::fs::read_dir(node_test_dir())
+        .expect("reading the node test folder")
+        .map(|e| e.expect("dir entry").path().join("model.onnx"))
+        .filter(|p| p.exists())
+        .collect();
+    models.sort();
+    assert_eq!(
+        models.len(),
+        1765,
+        "expected the 1765 node test models of onnx 1.22.0; rerun `bash .ci/setup`"
+    );
+    models
+}
+
+/// The light models (`light_*.onnx`) of the current onnx wheel.
+pub fn light_models() -> Vec<PathBuf> {
+    let dir = require(cache_dir().join("data/onnx-light"));
+    let mut models: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("reading the light model folder")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    models.sort();
+    assert!(
+        !models.is_empty(),
+        "no light models found; rerun `bash .ci/setup`"
+    );
+    models
+}
+
+/// The Python interpreter of the test virtualenv (with `onnx` and `onnxruntime`).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("ONNX_PTQ_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("venv/bin/python"));
+    require(p)
+}
+
+/// Runs a script from `tests/py/` with the oracle interpreter, feeding `stdin`; returns stdout.
+pub fn run_python(script: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let mut child = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the Python oracle");
+    // Feed stdin from another thread: the oracle answers line by line, and a full stdout pipe
+    // would otherwise block it while we are still writing.
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.to_string();
+    let feeder = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("waiting for the oracle");
+    feeder.join().unwrap().expect("writing to the oracle");
+    assert!(
+        out.status.success(),
+        "{} failed: {:?}",
+        script.display(),
+        out.status
+    );
+    String::from_utf8(out.stdout).expect("oracle output is UTF-8")
+}
