@@ -65,12 +65,14 @@ pub struct ParamStats {
 impl ParamStats {
     fn add(&mut self, t: &TensorProto) {
         let n = tensor::element_count(&t.dims).unwrap_or(0);
+        // Saturating: a malformed tensor may claim absurd dims without holding data.
         self.tensors += 1;
-        self.elements += n;
-        self.bytes += tensor::expected_raw_len(t)
+        self.elements = self.elements.saturating_add(n);
+        let bytes = tensor::expected_raw_len(t)
             .ok()
             .flatten()
             .unwrap_or_else(|| t.string_data.iter().map(|s| s.len() as u64).sum());
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 }
 

@@ -4,6 +4,8 @@
 //! them, [`validate`] checks structure and executes a model in tract, and [`inspect`] summarises one.
 #![warn(missing_docs)]
 
+#[cfg(feature = "tract")]
+pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod inspect;

@@ -154,14 +154,27 @@ impl ExternalFiles {
             .map_err(&bad)?
             .ok_or_else(|| bad("string tensors cannot be stored as external data".into()))?;
         if !self.maps.contains_key(&file) {
-            let f = File::open(&file).map_err(|e| Error::io(&file, e))?;
-            let len = f.metadata().map_err(|e| Error::io(&file, e))?.len();
+            let cannot_read = |e: std::io::Error| {
+                bad(format!(
+                    "cannot read external data file {}: {e}",
+                    file.display()
+                ))
+            };
+            let meta = std::fs::metadata(&file).map_err(cannot_read)?;
+            if !meta.is_file() {
+                return Err(bad(format!(
+                    "external data location {} is not a regular file",
+                    file.display()
+                )));
+            }
+            let f = File::open(&file).map_err(cannot_read)?;
+            let len = meta.len();
             // SAFETY: the map is only read while `self` lives; a file truncated underneath us by
             // another process is outside what any reader of memory maps can defend against.
             let map = if len == 0 {
                 None
             } else {
-                Some(unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&file, e))?)
+                Some(unsafe { Mmap::map(&f) }.map_err(cannot_read)?)
             };
             self.maps.insert(file.clone(), map);
         }

@@ -5,14 +5,21 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::InferenceFact;
 
 use super::{ExecOptions, ExecSummary};
+use crate::engine::{datum_type, guard};
 use crate::graph::{tensor_type, Dim};
 use crate::onnx::dtype;
-use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::ModelProto;
 
 /// Runs `model` once in tract on synthetic inputs (deterministic values in [-1, 1) for floats,
 /// zeros for integers, which keeps index inputs in range). `Err` explains what tract refused.
 pub fn check_execution(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, String> {
+    guard("execution check", || run_once(model, options))
+}
+
+/// Largest synthetic input, in elements: a bigger one is almost surely a missing `--dim`.
+const MAX_INPUT_ELEMENTS: u64 = 1 << 28;
+
+fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, String> {
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let bytes = model.encode_to_vec();
     let mut inference = tract_onnx::onnx()
@@ -56,6 +63,16 @@ pub fn check_execution(model: &ModelProto, options: &ExecOptions) -> Result<Exec
                 _ => options.default_dim as usize,
             })
             .collect();
+        let n = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&n| n <= MAX_INPUT_ELEMENTS);
+        if n.is_none() {
+            return Err(format!(
+                "input '{name}' of shape {shape:?} is too large for the execution check \
+                 (at most {MAX_INPUT_ELEMENTS} elements): set its symbolic dims with --dim"
+            ));
+        }
         inference
             .set_input_fact(slot, InferenceFact::dt_shape(dt, shape.clone()))
             .map_err(|e| format!("input '{name}': {e:#}"))?;
@@ -93,27 +110,6 @@ pub fn check_execution(model: &ModelProto, options: &ExecOptions) -> Result<Exec
             .into_iter()
             .zip(outputs.iter().map(|t| t.shape().to_vec()))
             .collect(),
-    })
-}
-
-/// tract's type for an ONNX element type, `None` for those tract cannot hold.
-pub(crate) fn datum_type(dt: DataType) -> Option<DatumType> {
-    use DataType::*;
-    Some(match dt {
-        Float => f32::datum_type(),
-        Double => f64::datum_type(),
-        Float16 => f16::datum_type(),
-        Int8 => i8::datum_type(),
-        Int16 => i16::datum_type(),
-        Int32 => i32::datum_type(),
-        Int64 => i64::datum_type(),
-        Uint8 => u8::datum_type(),
-        Uint16 => u16::datum_type(),
-        Uint32 => u32::datum_type(),
-        Uint64 => u64::datum_type(),
-        Bool => bool::datum_type(),
-        String => std::string::String::datum_type(),
-        _ => return None,
     })
 }
 

@@ -353,7 +353,7 @@ fn check_shapes(
                 for (i, (xd, sd)) in x.iter().zip(&scale).enumerate() {
                     if let (Dim::Value(xd), Dim::Value(sd)) = (xd, sd) {
                         let want = if i == a {
-                            (xd + block_size - 1) / block_size
+                            xd / block_size + i64::from(xd % block_size != 0)
                         } else {
                             *xd
                         };

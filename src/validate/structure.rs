@@ -276,6 +276,9 @@ impl Ctx {
                 }
             }
         }
+        if is_default && node.op_type() == "If" {
+            self.check_if_branches(node, where_);
+        }
         for (name, sub) in attr::subgraphs(node) {
             self.check_graph(
                 sub,
@@ -283,6 +286,24 @@ impl Ctx {
                 scope,
                 false,
             );
+        }
+    }
+
+    /// Both branches of an If must produce one value per output of the node.
+    fn check_if_branches(&mut self, node: &NodeProto, where_: &str) {
+        for branch in ["then_branch", "else_branch"] {
+            match attr::find(node, branch).and_then(|a| a.g.as_ref()) {
+                None => self.push(where_, format!("If has no '{branch}' graph")),
+                Some(g) if g.output.len() != node.output.len() => self.push(
+                    where_,
+                    format!(
+                        "'{branch}' produces {} outputs but the node has {}",
+                        g.output.len(),
+                        node.output.len()
+                    ),
+                ),
+                Some(_) => {}
+            }
         }
     }
 
