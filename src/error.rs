@@ -44,6 +44,16 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A calibration sample (or data folder) is unusable.
+    #[error("{}: {}{message}", path.display(), input.as_ref().map(|i| format!("input '{i}': ")).unwrap_or_default())]
+    Data {
+        /// The sample file, or the data folder when no file is at fault.
+        path: PathBuf,
+        /// The model input concerned, if one is.
+        input: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
     /// Saving would replace the model (or one of its data files) that was loaded.
     #[error("refusing to overwrite the input file {}", .0.display())]
     WouldOverwriteInput(PathBuf),

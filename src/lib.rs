@@ -6,6 +6,8 @@
 
 #[cfg(feature = "tract")]
 pub mod engine;
+#[cfg(feature = "tract")]
+pub mod calibrate;
 pub mod error;
 pub mod graph;
 pub mod inspect;
