@@ -12,6 +12,8 @@ pub mod error;
 pub mod graph;
 pub mod inspect;
 pub mod onnx;
+#[cfg(feature = "tract")]
+pub mod quantize;
 pub mod validate;
 
 pub use error::{Error, Result};

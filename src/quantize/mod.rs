@@ -1,0 +1,5 @@
+//! Quantization: graph preparation passes, the per-op rule table, the planner and the QDQ
+//! rewriter.
+
+pub mod opset;
+pub mod prep;

@@ -1,0 +1,1 @@
+//! Graph preparation passes run before quantization planning.
