@@ -2,4 +2,8 @@
 //! rewriter.
 
 pub mod opset;
+pub mod params;
+pub mod plan;
 pub mod prep;
+pub mod rewrite;
+pub mod rules;

@@ -1,0 +1,227 @@
+//! Quantization parameters: activation scale/zero point from a range, and symmetric int8
+//! weights per channel.
+
+use serde::{Deserialize, Serialize};
+
+/// The integer type activations are quantized to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActType {
+    /// uint8, asymmetric (ONNX Runtime's default for activations).
+    U8,
+    /// int8, symmetric (zero point 0).
+    S8,
+}
+
+/// Scale and zero point of one quantized activation tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ActParams {
+    /// Scale.
+    pub scale: f32,
+    /// Zero point, in the integer type's range.
+    pub zero_point: i32,
+    /// The integer type.
+    pub ty: ActType,
+}
+
+/// Smallest range width used for a degenerate tensor, so that the scale is never zero.
+const MIN_WIDTH: f32 = 1e-6;
+
+impl ActParams {
+    /// Parameters covering `[lo, hi]`, widened to include 0 (so that zero padding and ReLU are
+    /// exact) and to a minimum width.
+    pub fn from_range(lo: f32, hi: f32, ty: ActType) -> ActParams {
+        let lo = lo.min(0.0);
+        let hi = hi.max(0.0);
+        match ty {
+            ActType::U8 => {
+                let width = (hi - lo).max(MIN_WIDTH);
+                let scale = width / 255.0;
+                let zero_point = (-lo / scale).round().clamp(0.0, 255.0) as i32;
+                ActParams {
+                    scale,
+                    zero_point,
+                    ty,
+                }
+            }
+            ActType::S8 => {
+                let a = lo.abs().max(hi.abs()).max(MIN_WIDTH / 2.0);
+                ActParams {
+                    scale: a / 127.0,
+                    zero_point: 0,
+                    ty,
+                }
+            }
+        }
+    }
+
+    /// Smallest and largest integer value.
+    pub fn qrange(&self) -> (i32, i32) {
+        match self.ty {
+            ActType::U8 => (0, 255),
+            ActType::S8 => (-128, 127),
+        }
+    }
+
+    /// Whether the quantized values can represent no negative number, so that a following
+    /// Relu is a no-op.
+    pub fn clamps_negatives(&self) -> bool {
+        self.zero_point == self.qrange().0
+    }
+}
+
+/// A weight quantized to symmetric int8 in [-127, 127], with one scale per channel along
+/// `axis` (or one for the whole tensor when `axis` is `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedWeight {
+    /// The int8 values, in the original layout.
+    pub values: Vec<i8>,
+    /// Scales: one per channel, or one.
+    pub scales: Vec<f32>,
+    /// The channel axis.
+    pub axis: Option<usize>,
+}
+
+/// Number of channels and the stride structure of `axis` in a tensor of `dims`:
+/// (outer, channels, inner) with index = (o * channels + c) * inner + i.
+fn split_axis(dims: &[i64], axis: usize) -> (usize, usize, usize) {
+    let d: Vec<usize> = dims.iter().map(|&v| v.max(0) as usize).collect();
+    let outer = d[..axis].iter().product();
+    let inner = d[axis + 1..].iter().product();
+    (outer, d[axis], inner)
+}
+
+/// The channel of every element, for per-axis operations.
+fn for_each_channel(dims: &[i64], axis: Option<usize>, n: usize, mut f: impl FnMut(usize, usize)) {
+    match axis {
+        None => (0..n).for_each(|i| f(i, 0)),
+        Some(axis) => {
+            let (outer, channels, inner) = split_axis(dims, axis);
+            for o in 0..outer {
+                for c in 0..channels {
+                    let base = (o * channels + c) * inner;
+                    for i in 0..inner {
+                        f(base + i, c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Number of channels along `axis` (1 when per tensor).
+pub fn channels(dims: &[i64], axis: Option<usize>) -> usize {
+    axis.map(|a| dims[a].max(0) as usize).unwrap_or(1)
+}
+
+/// Quantizes `values` (shaped `dims`) symmetric int8 per channel along `axis`.
+pub fn quantize_weight(values: &[f32], dims: &[i64], axis: Option<usize>) -> QuantizedWeight {
+    let mut max_abs = vec![0f32; channels(dims, axis)];
+    for_each_channel(dims, axis, values.len(), |i, c| {
+        let v = values[i];
+        if v.is_finite() {
+            max_abs[c] = max_abs[c].max(v.abs());
+        }
+    });
+    let scales: Vec<f32> = max_abs
+        .iter()
+        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
+        .collect();
+    requantize(values, dims, axis, scales)
+}
+
+/// Quantizes `values` with the given per-channel scales.
+pub fn requantize(values: &[f32], dims: &[i64], axis: Option<usize>, scales: Vec<f32>) -> QuantizedWeight {
+    let mut q = vec![0i8; values.len()];
+    for_each_channel(dims, axis, values.len(), |i, c| {
+        q[i] = (values[i] / scales[c]).round_ties_even().clamp(-127.0, 127.0) as i8;
+    });
+    QuantizedWeight {
+        values: q,
+        scales,
+        axis,
+    }
+}
+
+/// Quantizes a bias to int32 with scale `input_scale × weight_scale[c]`. Where a value would
+/// not fit in int32, returns the channels whose weight scale must grow (and by how much the
+/// scale must at least be) instead.
+pub fn quantize_bias(
+    bias: &[f32],
+    input_scale: f32,
+    weight_scales: &[f32],
+    alpha: f32,
+) -> Result<(Vec<i32>, Vec<f32>), Vec<(usize, f32)>> {
+    const LIMIT: f64 = (i32::MAX - 1) as f64;
+    let per = |c: usize| weight_scales[if weight_scales.len() == 1 { 0 } else { c }];
+    let scales: Vec<f32> = (0..bias.len())
+        .map(|c| input_scale * per(c) * alpha)
+        .collect();
+    let mut overflow = Vec::new();
+    let q: Vec<i32> = bias
+        .iter()
+        .zip(&scales)
+        .enumerate()
+        .map(|(c, (&b, &s))| {
+            let v = (b as f64 / s as f64).round();
+            if v.abs() > LIMIT || !v.is_finite() {
+                // The weight scale that makes |b| / (s_in * s_w * alpha) fit, with headroom.
+                let needed = (b.abs() as f64 / (input_scale as f64 * alpha as f64 * LIMIT)) * 1.01;
+                overflow.push((c, needed as f32));
+                0
+            } else {
+                v as i32
+            }
+        })
+        .collect();
+    if overflow.is_empty() {
+        Ok((q, scales))
+    } else {
+        Err(overflow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u8_params_include_zero_and_map_it_exactly() {
+        let p = ActParams::from_range(0.5, 6.0, ActType::U8);
+        assert_eq!(p.zero_point, 0);
+        assert!((p.scale - 6.0 / 255.0).abs() < 1e-9);
+        let p = ActParams::from_range(-1.0, 3.0, ActType::U8);
+        assert_eq!(p.zero_point, 64);
+        let p = ActParams::from_range(0.0, 0.0, ActType::U8);
+        assert!(p.scale > 0.0);
+        let p = ActParams::from_range(-2.0, 1.0, ActType::S8);
+        assert_eq!(p.zero_point, 0);
+        assert!((p.scale - 2.0 / 127.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn weights_quantize_per_channel_along_the_axis() {
+        // [2, 3] with axis 0: channel 0 max 1.0, channel 1 max 4.0.
+        let w = [0.5, -1.0, 0.25, 4.0, 2.0, -4.0];
+        let q = quantize_weight(&w, &[2, 3], Some(0));
+        assert_eq!(q.scales, vec![1.0 / 127.0, 4.0 / 127.0]);
+        assert_eq!(q.values, vec![64, -127, 32, 127, 64, -127]);
+        // Axis 1 of the same tensor: columns.
+        let q = quantize_weight(&w, &[2, 3], Some(1));
+        assert_eq!(q.scales.len(), 3);
+        assert_eq!(q.values[3], 127);
+        // An all-zero channel gets scale 1, not 0.
+        let q = quantize_weight(&[0.0, 0.0, 1.0, 1.0], &[2, 2], Some(0));
+        assert_eq!(q.scales[0], 1.0);
+    }
+
+    #[test]
+    fn bias_overflow_names_the_channel_and_a_sufficient_scale() {
+        let r = quantize_bias(&[1.0, 1e6], 1e-3, &[1e-3, 1e-6], 1.0);
+        let over = r.unwrap_err();
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].0, 1);
+        let (q, _) = quantize_bias(&[1.0, 1e6], 1e-3, &[1e-3, over[0].1], 1.0).unwrap();
+        assert!(q[1].unsigned_abs() < i32::MAX as u32);
+    }
+}

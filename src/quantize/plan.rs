@@ -1,0 +1,383 @@
+//! The planner: walks the graph in topological order and, from the rule table, decides which
+//! nodes are quantized, which tensors get QuantizeLinear/DequantizeLinear and with which
+//! parameters, which weights and biases are folded, and why every other node stays float.
+//! It only decides; [`super::rewrite`] changes the graph.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+
+use super::params::{ActParams, ActType};
+use super::rules::{rule_for, Axis, InputRole, OpRule, OutputRole};
+use crate::graph::{GraphIndex, Producer};
+use crate::onnx::pb::tensor_proto::DataType;
+use crate::onnx::pb::{GraphProto, NodeProto};
+use crate::onnx::walk::node_label;
+use crate::onnx::{attr, tensor};
+
+/// What the planner needs to know beyond the graph.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// Integer type of activations.
+    pub activations: ActType,
+    /// Per-channel weights (needs opset ≥ 13); per-tensor otherwise.
+    pub per_channel: bool,
+    /// Node names to leave float.
+    pub exclude_nodes: BTreeSet<String>,
+    /// Op types to leave float.
+    pub exclude_op_types: BTreeSet<String>,
+}
+
+/// A weight input to fold to int8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightUse {
+    /// Index of the consuming node.
+    pub node: usize,
+    /// Input slot.
+    pub input: usize,
+    /// The float constant.
+    pub tensor: String,
+    /// Channel axis; `None` for per-tensor.
+    pub axis: Option<usize>,
+}
+
+/// A bias input to fold to int32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiasUse {
+    /// Index of the consuming node.
+    pub node: usize,
+    /// Input slot.
+    pub input: usize,
+    /// The float constant.
+    pub tensor: String,
+    /// The activation input whose scale the bias scale multiplies.
+    pub activation: String,
+    /// Index into [`Plan::weights`] of the weight whose scales the bias scale multiplies.
+    pub weight: usize,
+    /// Gemm's `alpha` (1 elsewhere).
+    pub alpha: f32,
+}
+
+/// Why a node was left float.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FloatReason {
+    /// Not in the rule table.
+    NoRule,
+    /// Outside the default domain: never touched.
+    OtherDomain(String),
+    /// Named in --exclude-nodes or --exclude-op-types.
+    Excluded,
+    /// The input model already has QuantizeLinear/DequantizeLinear here.
+    AlreadyQuantized,
+    /// An input or output cannot be quantized (not float, no range, weight not constant...).
+    Unquantizable(String),
+}
+
+impl fmt::Display for FloatReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FloatReason::NoRule => f.write_str("no quantization rule for this op"),
+            FloatReason::OtherDomain(d) => write!(f, "domain '{d}' is never touched"),
+            FloatReason::Excluded => f.write_str("excluded by the user"),
+            FloatReason::AlreadyQuantized => f.write_str("already quantized in the input model"),
+            FloatReason::Unquantizable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The planner's decisions, consumed by the rewriter.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Quantized activation tensors and their parameters.
+    pub activations: BTreeMap<String, ActParams>,
+    /// Weight inputs to fold.
+    pub weights: Vec<WeightUse>,
+    /// Bias inputs to fold.
+    pub biases: Vec<BiasUse>,
+    /// Relu/Clip nodes made redundant by their producer's range, with the tensor that replaces
+    /// their output.
+    pub absorbed: BTreeMap<usize, String>,
+    /// Nodes quantized.
+    pub quantized: BTreeSet<usize>,
+    /// Nodes left float, with the reason.
+    pub float: BTreeMap<usize, FloatReason>,
+}
+
+/// Decides what to quantize in `graph` (the main graph; subgraphs stay float).
+/// `range` gives the calibrated range of a tensor by name.
+pub fn plan(
+    graph: &GraphProto,
+    config: &PlanConfig,
+    range: &dyn Fn(&str) -> Option<(f32, f32)>,
+) -> Plan {
+    let index = GraphIndex::new(graph);
+    let order = index
+        .topological_order()
+        .unwrap_or_else(|_| (0..graph.node.len()).collect());
+    let mut p = Plan::default();
+    for &n in &order {
+        let node = &graph.node[n];
+        match decide(&index, node, n, config, range, &p) {
+            Ok(d) => {
+                for (tensor, params) in d.params {
+                    p.activations.insert(tensor, params);
+                }
+                for w in d.weights {
+                    p.weights.push(w);
+                }
+                for (mut b, weight_pos) in d.biases {
+                    b.weight = p.weights.len() - d.n_weights + weight_pos;
+                    p.biases.push(b);
+                }
+                p.quantized.insert(n);
+            }
+            Err(reason) => {
+                p.float.insert(n, reason);
+            }
+        }
+    }
+    absorb_activations(&index, config, range, &mut p);
+    p
+}
+
+struct Decision {
+    params: Vec<(String, ActParams)>,
+    weights: Vec<WeightUse>,
+    n_weights: usize,
+    biases: Vec<(BiasUse, usize)>,
+}
+
+fn is_float(index: &GraphIndex, name: &str) -> bool {
+    index
+        .tensor_type(name)
+        .is_some_and(|t| t.elem_type == DataType::Float)
+}
+
+fn is_constant(index: &GraphIndex, name: &str) -> bool {
+    matches!(index.producer(name), Some(Producer::Initializer(_)))
+        || index.producer_node(name).is_some_and(|n| n.op_type() == "Constant")
+}
+
+/// The range of a constant tensor's values.
+fn constant_range(index: &GraphIndex, name: &str) -> Option<(f32, f32)> {
+    let t = index.constant(name)?;
+    let values = tensor::to_f32(&t).ok()?;
+    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    (lo <= hi).then_some((lo, hi))
+}
+
+fn decide(
+    index: &GraphIndex,
+    node: &NodeProto,
+    n: usize,
+    config: &PlanConfig,
+    range: &dyn Fn(&str) -> Option<(f32, f32)>,
+    so_far: &Plan,
+) -> Result<Decision, FloatReason> {
+    if !matches!(node.domain(), "" | "ai.onnx") {
+        return Err(FloatReason::OtherDomain(node.domain().to_string()));
+    }
+    if config.exclude_nodes.contains(node.name()) || config.exclude_op_types.contains(node.op_type()) {
+        return Err(FloatReason::Excluded);
+    }
+    if matches!(node.op_type(), "QuantizeLinear" | "DequantizeLinear")
+        || node
+            .input
+            .iter()
+            .any(|i| index.producer_node(i).is_some_and(|p| p.op_type() == "DequantizeLinear"))
+        || node.output.iter().any(|o| {
+            index.consumers(o).iter().any(|&c| index.graph().node[c].op_type() == "QuantizeLinear")
+        })
+    {
+        return Err(FloatReason::AlreadyQuantized);
+    }
+    let rule: &OpRule = rule_for(node.op_type()).ok_or(FloatReason::NoRule)?;
+    let bad = |why: String| FloatReason::Unquantizable(why);
+    let act_params = |t: &str| -> Option<ActParams> {
+        so_far.activations.get(t).copied().or_else(|| {
+            range(t)
+                .or_else(|| constant_range(index, t))
+                .map(|(lo, hi)| ActParams::from_range(lo, hi, config.activations))
+        })
+    };
+    let mut d = Decision {
+        params: Vec::new(),
+        weights: Vec::new(),
+        n_weights: 0,
+        biases: Vec::new(),
+    };
+    let mut input_params: Vec<Option<ActParams>> = vec![None; node.input.len()];
+    let mut weight_of_node: Option<usize> = None;
+    for (i, name) in node.input.iter().enumerate() {
+        if name.is_empty() {
+            continue;
+        }
+        let mut role = rule.input(i);
+        if let InputRole::Weight(Axis::Last) = role {
+            // MatMul's B is a weight only when it is a constant; otherwise an activation.
+            if !is_constant(index, name) {
+                role = InputRole::Act;
+            }
+        }
+        match role {
+            InputRole::Skip => {}
+            InputRole::Act => {
+                if !is_float(index, name) {
+                    return Err(bad(format!("input '{name}' is not a float tensor")));
+                }
+                let params = act_params(name)
+                    .ok_or_else(|| bad(format!("no calibrated range for input '{name}'")))?;
+                input_params[i] = Some(params);
+                d.params.push((name.clone(), params));
+            }
+            InputRole::Weight(axis) => {
+                if !is_constant(index, name) || !is_float(index, name) {
+                    return Err(bad(format!("weight '{name}' is not a float constant")));
+                }
+                let rank = index
+                    .tensor_type(name)
+                    .and_then(|t| t.shape.map(|s| s.len()))
+                    .unwrap_or(0);
+                let axis = match axis {
+                    Axis::Fixed(a) => Some(a),
+                    Axis::GemmB => {
+                        let trans_b = attr::int(node, "transB").ok().flatten().unwrap_or(0);
+                        Some(if trans_b != 0 { 0 } else { 1 })
+                    }
+                    Axis::Last => rank.checked_sub(1),
+                }
+                .filter(|&a| config.per_channel && a < rank);
+                weight_of_node = Some(d.weights.len());
+                d.weights.push(WeightUse {
+                    node: n,
+                    input: i,
+                    tensor: name.clone(),
+                    axis,
+                });
+            }
+            InputRole::Bias => {
+                let (Some(w), Some(Some(_))) = (weight_of_node, input_params.first()) else {
+                    continue; // no weight or no quantized input: the bias stays float
+                };
+                if !is_constant(index, name) || !is_float(index, name) {
+                    continue;
+                }
+                let alpha = attr::float(node, "alpha").ok().flatten().unwrap_or(1.0);
+                d.biases.push((
+                    BiasUse {
+                        node: n,
+                        input: i,
+                        tensor: name.clone(),
+                        activation: node.input[0].clone(),
+                        weight: 0,
+                        alpha,
+                    },
+                    w,
+                ));
+            }
+        }
+    }
+    d.n_weights = d.weights.len();
+    for out in node.output.iter().filter(|o| !o.is_empty()) {
+        if !is_float(index, out) {
+            return Err(bad(format!("output '{out}' is not a float tensor")));
+        }
+        let params = match rule.output {
+            OutputRole::Own => act_params(out)
+                .ok_or_else(|| bad(format!("no calibrated range for output '{out}'")))?,
+            OutputRole::SameAsInput(i) => input_params
+                .get(i)
+                .copied()
+                .flatten()
+                .ok_or_else(|| bad(format!("input {i} is not quantized")))?,
+            OutputRole::FixedRange(lo, hi) => ActParams::from_range(lo, hi, config.activations),
+        };
+        d.params.push((out.clone(), params));
+    }
+    Ok(d)
+}
+
+/// A Relu (or Clip with min 0) right after a quantized producer is dropped when the producer's
+/// output is quantized with the Relu's range and that range's zero point is the lowest
+/// integer: quantization then clamps negatives itself, and ONNX Runtime fuses the producer.
+fn absorb_activations(
+    index: &GraphIndex,
+    config: &PlanConfig,
+    range: &dyn Fn(&str) -> Option<(f32, f32)>,
+    p: &mut Plan,
+) {
+    if config.activations != ActType::U8 {
+        return;
+    }
+    let graph = index.graph();
+    let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
+    let quantized: Vec<usize> = p.quantized.iter().copied().collect();
+    for n in quantized {
+        let node = &graph.node[n];
+        let is_relu = node.op_type() == "Relu"
+            || (node.op_type() == "Clip" && clip_min_is_zero(index, node));
+        if !is_relu {
+            continue;
+        }
+        let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
+            continue;
+        };
+        let Some(producer) = index.producer(input) else { continue };
+        let Producer::Node { node: pn, .. } = producer else { continue };
+        let producer_rule = rule_for(graph.node[pn].op_type());
+        let own_output = producer_rule.is_some_and(|r| r.output == OutputRole::Own);
+        if !p.quantized.contains(&pn)
+            || !own_output
+            || index.consumers(input) != [n]
+            || outputs.contains(input.as_str())
+            || outputs.contains(output.as_str())
+        {
+            continue;
+        }
+        let Some((lo, hi)) = range(output) else { continue };
+        let params = ActParams::from_range(lo.max(0.0), hi, config.activations);
+        if !params.clamps_negatives() {
+            continue;
+        }
+        p.activations.insert(input.clone(), params);
+        p.activations.remove(output);
+        p.absorbed.insert(n, input.clone());
+        p.quantized.remove(&n);
+    }
+}
+
+fn clip_min_is_zero(index: &GraphIndex, node: &NodeProto) -> bool {
+    let from_input = node
+        .input
+        .get(1)
+        .filter(|n| !n.is_empty())
+        .and_then(|n| constant_range(index, n))
+        .map(|(lo, _)| lo);
+    let min = from_input.or_else(|| attr::float(node, "min").ok().flatten());
+    min == Some(0.0)
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (t, p) in &self.activations {
+            writeln!(f, "act {t}: scale {:e} zp {} {:?}", p.scale, p.zero_point, p.ty)?;
+        }
+        for w in &self.weights {
+            writeln!(f, "weight {} of node {} input {} axis {:?}", w.tensor, w.node, w.input, w.axis)?;
+        }
+        for b in &self.biases {
+            writeln!(f, "bias {} of node {} (activation {})", b.tensor, b.node, b.activation)?;
+        }
+        for (n, t) in &self.absorbed {
+            writeln!(f, "node {n} absorbed into {t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A readable label of node `n`, for reports.
+pub fn label(graph: &GraphProto, n: usize) -> String {
+    node_label(&graph.node[n])
+}

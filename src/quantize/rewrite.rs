@@ -1,0 +1,272 @@
+//! The QDQ rewriter: applies a [`Plan`] to a graph. One QuantizeLinear per quantized tensor,
+//! right after its producer; one DequantizeLinear per consumer, right before it; weights
+//! folded to int8 initializers and biases to int32, each behind a DequantizeLinear.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::params::{
+    channels, quantize_bias, quantize_weight, requantize, ActParams, ActType, QuantizedWeight,
+};
+use super::plan::Plan;
+use crate::error::{Error, Result};
+use crate::graph::{GraphIndex, Names};
+use crate::onnx::pb::attribute_proto::AttributeType;
+use crate::onnx::pb::tensor_proto::DataType;
+use crate::onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use crate::onnx::tensor;
+
+/// What the rewrite did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RewriteStats {
+    /// QuantizeLinear nodes added for activations.
+    pub quantize_nodes: usize,
+    /// DequantizeLinear nodes added (activations, weights and biases).
+    pub dequantize_nodes: usize,
+    /// Distinct int8 weight tensors written.
+    pub weights: usize,
+    /// Distinct int32 bias tensors written.
+    pub biases: usize,
+    /// Relu/Clip nodes removed because the quantized range already clamps.
+    pub absorbed: usize,
+    /// Bias channels whose weight scale was raised so the bias fits in int32.
+    pub bias_overflow_fixes: usize,
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+fn qdq_node(op: &str, name: String, inputs: [String; 3], output: String, axis: Option<usize>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name),
+        input: inputs.to_vec(),
+        output: vec![output],
+        attribute: axis.map(|a| attr_int("axis", a as i64)).into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+fn act_zero_point(name: &str, p: &ActParams) -> TensorProto {
+    match p.ty {
+        ActType::U8 => tensor::from_raw(name, DataType::Uint8, &[], vec![p.zero_point as u8]),
+        ActType::S8 => tensor::from_raw(name, DataType::Int8, &[], vec![p.zero_point as i8 as u8]),
+    }
+}
+
+/// Applies `plan` to the main graph of `model`.
+pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
+    let mut names = Names::of_model(model);
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::Model("the model has no graph".into()))?;
+    let mut stats = RewriteStats::default();
+    let original = graph.clone();
+    let index = GraphIndex::new(&original);
+    let outputs: HashSet<String> = original.output.iter().map(|o| o.name().to_string()).collect();
+
+    // Absorbed Relu/Clip: their consumers read the producer's tensor instead.
+    let renames: HashMap<String, String> = plan
+        .absorbed
+        .iter()
+        .map(|(&n, t)| (original.node[n].output[0].clone(), t.clone()))
+        .collect();
+    stats.absorbed = plan.absorbed.len();
+
+    let mut new_inits: Vec<TensorProto> = Vec::new();
+    // Activation tensor -> its quantized name, scale and zero point.
+    let mut quantized_name: BTreeMap<String, [String; 3]> = BTreeMap::new();
+    let mut q_nodes_after: HashMap<Option<usize>, Vec<NodeProto>> = HashMap::new();
+    // Graph outputs that are quantized: the producer writes a fresh name, and one DQ restores
+    // the output's own name so that the graph's interface does not change.
+    let mut producer_renames: HashMap<String, String> = HashMap::new();
+    for (t, p) in &plan.activations {
+        let scale = names.fresh(&format!("{t}_scale"));
+        let zp = names.fresh(&format!("{t}_zero_point"));
+        new_inits.push(tensor::from_f32(&scale, &[], &[p.scale]));
+        new_inits.push(act_zero_point(&zp, p));
+        let q_out = names.fresh(&format!("{t}_quantized"));
+        let producer = match index.producer(t) {
+            Some(crate::graph::Producer::Node { node, .. }) => Some(node),
+            _ => None,
+        };
+        let source = if outputs.contains(t) && producer.is_some() {
+            let pre = names.fresh(&format!("{t}_float"));
+            producer_renames.insert(t.clone(), pre.clone());
+            pre
+        } else {
+            t.clone()
+        };
+        let q_name = names.fresh(&format!("{t}_QuantizeLinear"));
+        let mut after = vec![qdq_node(
+            "QuantizeLinear",
+            q_name,
+            [source.clone(), scale.clone(), zp.clone()],
+            q_out.clone(),
+            None,
+        )];
+        if source != *t {
+            let dq_name = names.fresh(&format!("{t}_DequantizeLinear"));
+            after.push(qdq_node(
+                "DequantizeLinear",
+                dq_name,
+                [q_out.clone(), scale.clone(), zp.clone()],
+                t.clone(),
+                None,
+            ));
+            stats.dequantize_nodes += 1;
+        }
+        stats.quantize_nodes += 1;
+        q_nodes_after.entry(producer).or_default().extend(after);
+        quantized_name.insert(t.clone(), [q_out, scale, zp]);
+    }
+
+    // Weights, once per distinct (tensor, axis, scales).
+    let mut weight_cache: HashMap<(String, Option<usize>, Vec<u32>), (String, String, String)> = HashMap::new();
+    let mut weight_scales: Vec<QuantizedWeight> = Vec::with_capacity(plan.weights.len());
+    let mut weight_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> = HashMap::new();
+    let constant = |name: &str| -> Result<(Vec<f32>, Vec<i64>)> {
+        let t = index
+            .constant(name)
+            .ok_or_else(|| Error::Model(format!("weight '{name}' is not a constant")))?;
+        let values = tensor::to_f32(&t).map_err(|e| Error::Model(format!("weight '{name}': {e}")))?;
+        Ok((values, t.dims.clone()))
+    };
+    // Bias overflow may raise weight scales: compute biases' needs first.
+    let mut raised: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
+    for b in &plan.biases {
+        let w = &plan.weights[b.weight];
+        let (wv, wd) = constant(&w.tensor)?;
+        let qw = quantize_weight(&wv, &wd, w.axis);
+        let (bv, _) = constant(&b.tensor)?;
+        let s_in = plan.activations[&b.activation].scale;
+        if let Err(over) = quantize_bias(&bv, s_in, &qw.scales, b.alpha) {
+            raised.entry(b.weight).or_default().extend(over);
+        }
+    }
+    for (wi, w) in plan.weights.iter().enumerate() {
+        let (values, dims) = constant(&w.tensor)?;
+        let mut qw = quantize_weight(&values, &dims, w.axis);
+        if let Some(fixes) = raised.get(&wi) {
+            let mut scales = qw.scales.clone();
+            for &(c, need) in fixes {
+                let c = if scales.len() == 1 { 0 } else { c };
+                scales[c] = scales[c].max(need);
+                stats.bias_overflow_fixes += 1;
+            }
+            qw = requantize(&values, &dims, w.axis, scales);
+        }
+        let key = (
+            w.tensor.clone(),
+            w.axis,
+            qw.scales.iter().map(|s| s.to_bits()).collect(),
+        );
+        let entry = weight_cache.entry(key).or_insert_with(|| {
+            let q = names.fresh(&format!("{}_quantized", w.tensor));
+            let s = names.fresh(&format!("{}_scale", w.tensor));
+            let z = names.fresh(&format!("{}_zero_point", w.tensor));
+            let c = channels(&dims, w.axis);
+            let sdims: Vec<i64> = if w.axis.is_some() { vec![c as i64] } else { vec![] };
+            new_inits.push(tensor::from_raw(
+                &q,
+                DataType::Int8,
+                &dims,
+                qw.values.iter().map(|&v| v as u8).collect(),
+            ));
+            new_inits.push(tensor::from_f32(&s, &sdims, &qw.scales));
+            new_inits.push(tensor::from_raw(&z, DataType::Int8, &sdims, vec![0; c]));
+            stats.weights += 1;
+            (q, s, z)
+        });
+        weight_inputs.insert((w.node, w.input), (entry.0.clone(), entry.1.clone(), entry.2.clone(), w.axis));
+        weight_scales.push(qw);
+    }
+    let mut bias_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> = HashMap::new();
+    for b in &plan.biases {
+        let qw = &weight_scales[b.weight];
+        let (bv, bd) = constant(&b.tensor)?;
+        let s_in = plan.activations[&b.activation].scale;
+        let (q, scales) = quantize_bias(&bv, s_in, &qw.scales, b.alpha).map_err(|_| {
+            Error::Model(format!("bias '{}' still overflows int32 after raising weight scales", b.tensor))
+        })?;
+        let qn = names.fresh(&format!("{}_quantized", b.tensor));
+        let sn = names.fresh(&format!("{}_scale", b.tensor));
+        let zn = names.fresh(&format!("{}_zero_point", b.tensor));
+        let per_channel = qw.axis.is_some();
+        let sdims: Vec<i64> = if per_channel { vec![scales.len() as i64] } else { vec![] };
+        let scales = if per_channel { scales } else { vec![scales.first().copied().unwrap_or(1.0)] };
+        let zeros = if per_channel { scales.len() } else { 1 };
+        new_inits.push(tensor::from_raw(&qn, DataType::Int32, &bd, q.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        new_inits.push(tensor::from_f32(&sn, &sdims, &scales));
+        new_inits.push(tensor::from_raw(&zn, DataType::Int32, &sdims, vec![0; 4 * zeros]));
+        stats.biases += 1;
+        bias_inputs.insert((b.node, b.input), (qn, sn, zn, per_channel.then_some(0)));
+    }
+
+    // Rebuild the node list in order: Q for quantized graph inputs first, then for each node
+    // the DQs it reads, the node itself, and the Qs of its outputs.
+    let mut nodes: Vec<NodeProto> = q_nodes_after.remove(&None).unwrap_or_default();
+    for (n, original_node) in original.node.iter().enumerate() {
+        if plan.absorbed.contains_key(&n) {
+            continue;
+        }
+        let mut node = original_node.clone();
+        for (slot, input) in node.input.iter_mut().enumerate() {
+            if input.is_empty() {
+                continue;
+            }
+            if let Some(r) = renames.get(input) {
+                *input = r.clone();
+            }
+            let folded = weight_inputs.get(&(n, slot)).or_else(|| bias_inputs.get(&(n, slot)));
+            if let Some((q, s, z, axis)) = folded {
+                let out = names.fresh(&format!("{input}_dequantized"));
+                let dq = names.fresh(&format!("{input}_DequantizeLinear"));
+                nodes.push(qdq_node("DequantizeLinear", dq, [q.clone(), s.clone(), z.clone()], out.clone(), *axis));
+                stats.dequantize_nodes += 1;
+                *input = out;
+                continue;
+            }
+            if outputs.contains(input.as_str()) && producer_renames.contains_key(input.as_str()) {
+                continue; // reads the restored graph output, already dequantized
+            }
+            if let Some(qsz) = quantized_name.get(input.as_str()) {
+                let out = names.fresh(&format!("{input}_dequantized"));
+                let dq = names.fresh(&format!("{input}_DequantizeLinear"));
+                nodes.push(qdq_node("DequantizeLinear", dq, qsz.clone(), out.clone(), None));
+                stats.dequantize_nodes += 1;
+                *input = out;
+            }
+        }
+        for out in node.output.iter_mut() {
+            if let Some(pre) = producer_renames.get(out.as_str()) {
+                *out = pre.clone();
+            }
+        }
+        nodes.push(node);
+        if let Some(after) = q_nodes_after.remove(&Some(n)) {
+            nodes.extend(after);
+        }
+    }
+    graph.node = nodes;
+    graph.initializer.extend(new_inits);
+    remove_unused_initializers(graph);
+    Ok(stats)
+}
+
+/// Drops initializers nothing reads any more (the float weights that were folded).
+fn remove_unused_initializers(graph: &mut GraphProto) {
+    let mut used: HashSet<String> = HashSet::new();
+    for node in &graph.node {
+        used.extend(crate::graph::node_uses(node));
+    }
+    used.extend(graph.output.iter().map(|o| o.name().to_string()));
+    used.extend(graph.input.iter().map(|i| i.name().to_string()));
+    graph.initializer.retain(|t| used.contains(t.name()));
+}

@@ -1,0 +1,149 @@
+//! Quantization policy as data: for each op type, what each input is (activation, weight with
+//! its channel axis, bias, or left alone) and how the output's quantization parameters are
+//! chosen. The planner is generic over this table, the way ONNX Runtime's quantizer registry
+//! maps op types to quantizer classes, but in one readable list.
+
+/// What one input of an op is, for quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputRole {
+    /// A float activation: gets its own calibrated range, QuantizeLinear/DequantizeLinear.
+    Act,
+    /// A constant weight, quantized symmetric int8 along `Axis` (per channel) or per tensor.
+    Weight(Axis),
+    /// A constant bias, quantized to int32 with scale = input scale × weight scale.
+    Bias,
+    /// Not quantized (shapes, indices, axes, scalar parameters).
+    Skip,
+}
+
+/// The output-channel axis of a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Always this axis (Conv: 0, ConvTranspose: 1).
+    Fixed(usize),
+    /// Gemm's B: axis 0 when `transB` is set, else 1.
+    GemmB,
+    /// MatMul's B: its last axis (output features).
+    Last,
+}
+
+/// How an op's outputs get their quantization parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutputRole {
+    /// Own calibrated range.
+    Own,
+    /// The same scale and zero point as input `i` (data movement: values are not changed).
+    SameAsInput(usize),
+    /// A range known from the op's definition.
+    FixedRange(f32, f32),
+}
+
+/// Quantization rule of one op type of the default domain.
+#[derive(Debug, Clone, Copy)]
+pub struct OpRule {
+    /// ONNX op type.
+    pub op: &'static str,
+    /// Roles of the inputs, by position; inputs past the end take `variadic`.
+    pub inputs: &'static [InputRole],
+    /// Role of inputs beyond `inputs` (Concat's, for instance).
+    pub variadic: InputRole,
+    /// How every output is parameterised.
+    pub output: OutputRole,
+    /// ONNX Runtime runs this op on int8 data when its inputs and output are quantized, so the
+    /// op is worth quantizing for speed, not just size.
+    pub int8_kernel: bool,
+}
+
+use Axis::*;
+use InputRole::*;
+use OutputRole::*;
+
+const fn rule(op: &'static str, inputs: &'static [InputRole], output: OutputRole) -> OpRule {
+    OpRule {
+        op,
+        inputs,
+        variadic: Skip,
+        output,
+        int8_kernel: false,
+    }
+}
+
+const fn kernel(mut r: OpRule) -> OpRule {
+    r.int8_kernel = true;
+    r
+}
+
+/// The rule table, sorted by op name. Every op not listed stays float.
+pub static RULES: &[OpRule] = &[
+    kernel(rule("Add", &[Act, Act], Own)),
+    kernel(rule("AveragePool", &[Act], Own)),
+    rule("Clip", &[Act, Skip, Skip], SameAsInput(0)),
+    kernel(OpRule {
+        variadic: Act,
+        ..rule("Concat", &[], Own)
+    }),
+    kernel(rule("Conv", &[Act, Weight(Fixed(0)), Bias], Own)),
+    kernel(rule("ConvTranspose", &[Act, Weight(Fixed(1)), Bias], Own)),
+    rule("Flatten", &[Act], SameAsInput(0)),
+    rule("Gather", &[Act, Skip], SameAsInput(0)),
+    kernel(rule("Gemm", &[Act, Weight(GemmB), Bias], Own)),
+    kernel(rule("GlobalAveragePool", &[Act], Own)),
+    rule("HardSigmoid", &[Act], Own),
+    rule("HardSwish", &[Act], Own),
+    rule("LayerNormalization", &[Act, Skip, Skip], Own),
+    kernel(rule("LeakyRelu", &[Act], Own)),
+    kernel(rule("MatMul", &[Act, Weight(Last)], Own)),
+    rule("MaxPool", &[Act], SameAsInput(0)),
+    kernel(rule("Mul", &[Act, Act], Own)),
+    rule("Pad", &[Act, Skip, Skip, Skip], SameAsInput(0)),
+    rule("Relu", &[Act], Own),
+    rule("Reshape", &[Act, Skip], SameAsInput(0)),
+    rule("Resize", &[Act, Skip, Skip, Skip], SameAsInput(0)),
+    kernel(rule("Sigmoid", &[Act], FixedRange(0.0, 1.0))),
+    rule("Slice", &[Act, Skip, Skip, Skip, Skip], SameAsInput(0)),
+    kernel(rule("Softmax", &[Act], FixedRange(0.0, 1.0))),
+    rule("Split", &[Act, Skip], SameAsInput(0)),
+    rule("Squeeze", &[Act, Skip], SameAsInput(0)),
+    rule("Transpose", &[Act], SameAsInput(0)),
+    rule("Unsqueeze", &[Act, Skip], SameAsInput(0)),
+    rule("Where", &[Skip, Act, Act], Own),
+];
+
+/// The rule for `op` in the default domain, if it has one.
+pub fn rule_for(op: &str) -> Option<&'static OpRule> {
+    RULES
+        .binary_search_by(|r| r.op.cmp(op))
+        .ok()
+        .map(|i| &RULES[i])
+}
+
+impl OpRule {
+    /// The role of input `i`.
+    pub fn input(&self, i: usize) -> InputRole {
+        self.inputs.get(i).copied().unwrap_or(self.variadic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_unique_so_lookup_finds_every_rule() {
+        for pair in RULES.windows(2) {
+            assert!(pair[0].op < pair[1].op, "{} before {}", pair[0].op, pair[1].op);
+        }
+        for r in RULES {
+            assert_eq!(rule_for(r.op).map(|f| f.op), Some(r.op));
+        }
+        assert!(rule_for("Erf").is_none());
+    }
+
+    #[test]
+    fn concat_inputs_are_all_activations() {
+        let concat = rule_for("Concat").unwrap();
+        assert_eq!(concat.input(0), Act);
+        assert_eq!(concat.input(7), Act);
+        assert_eq!(rule_for("Reshape").unwrap().input(1), Skip);
+    }
+}
