@@ -8,6 +8,7 @@
 pub mod engine;
 #[cfg(feature = "tract")]
 pub mod calibrate;
+pub mod compare;
 pub mod error;
 pub mod graph;
 pub mod inspect;
