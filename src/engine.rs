@@ -64,3 +64,90 @@ pub fn datum_type(dt: DataType) -> Option<DatumType> {
         _ => return None,
     })
 }
+
+/// A model ready to run in tract (optimized plan, symbolic input dims kept symbolic so that one
+/// plan runs every sample shape), with inputs and outputs addressed by ONNX name.
+pub struct Runner {
+    plan: std::sync::Arc<TypedSimplePlan>,
+    /// tract input slot of each name given to [`Runner::new`], in that order.
+    input_slots: Vec<usize>,
+    output_names: Vec<String>,
+}
+
+impl Runner {
+    /// Loads `model` in tract. `input_names` fixes the order in which [`Runner::run`] takes
+    /// inputs. `optimize` trades plan-building time for faster runs.
+    pub fn new(
+        model: &crate::onnx::pb::ModelProto,
+        input_names: &[String],
+        optimize: bool,
+    ) -> Result<Runner, String> {
+        guard("loading the model in tract", || {
+            use prost::Message;
+            let bytes = model.encode_to_vec();
+            let inference = tract_onnx::onnx()
+                .with_ignore_output_shapes(true)
+                .with_ignore_value_info(true)
+                .model_for_read(&mut bytes.as_slice())
+                .map_err(|e| format!("tract could not load the model: {e:#}"))?;
+            let typed = inference
+                .into_typed()
+                .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+            let output_names = typed
+                .output_outlets()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|o| {
+                    typed
+                        .outlet_label(*o)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| typed.node(o.node).name.clone())
+                })
+                .collect();
+            let outlets = typed.input_outlets().map_err(|e| e.to_string())?.to_vec();
+            let input_slots = input_names
+                .iter()
+                .map(|name| {
+                    outlets
+                        .iter()
+                        .position(|o| typed.node(o.node).name == *name)
+                        .ok_or_else(|| format!("tract has no input named '{name}'"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let typed = if optimize {
+                typed
+                    .into_optimized()
+                    .map_err(|e| format!("tract could not optimize the model: {e:#}"))?
+            } else {
+                typed
+            };
+            let plan = typed
+                .into_runnable()
+                .map_err(|e| format!("tract could not plan the model: {e:#}"))?;
+            Ok(Runner {
+                plan,
+                input_slots,
+                output_names,
+            })
+        })
+    }
+
+    /// ONNX names of the outputs, in the order [`Runner::run`] returns them.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    /// Runs one sample; `inputs` in the order of the names given to [`Runner::new`].
+    pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        guard("running the model in tract", || {
+            let mut ordered: Vec<Option<TValue>> = vec![None; self.input_slots.len()];
+            for (i, t) in inputs.into_iter().enumerate() {
+                let slot = *self.input_slots.get(i).ok_or("too many inputs")?;
+                ordered[slot] = Some(t.into_tvalue());
+            }
+            let inputs: TVec<TValue> = ordered.into_iter().flatten().collect();
+            let outputs = self.plan.run(inputs).map_err(|e| format!("{e:#}"))?;
+            Ok(outputs.into_iter().map(|v| v.into_tensor()).collect())
+        })
+    }
+}

@@ -131,10 +131,17 @@ pub fn quantize_weight(values: &[f32], dims: &[i64], axis: Option<usize>) -> Qua
 }
 
 /// Quantizes `values` with the given per-channel scales.
-pub fn requantize(values: &[f32], dims: &[i64], axis: Option<usize>, scales: Vec<f32>) -> QuantizedWeight {
+pub fn requantize(
+    values: &[f32],
+    dims: &[i64],
+    axis: Option<usize>,
+    scales: Vec<f32>,
+) -> QuantizedWeight {
     let mut q = vec![0i8; values.len()];
     for_each_channel(dims, axis, values.len(), |i, c| {
-        q[i] = (values[i] / scales[c]).round_ties_even().clamp(-127.0, 127.0) as i8;
+        q[i] = (values[i] / scales[c])
+            .round_ties_even()
+            .clamp(-127.0, 127.0) as i8;
     });
     QuantizedWeight {
         values: q,

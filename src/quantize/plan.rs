@@ -154,7 +154,9 @@ fn is_float(index: &GraphIndex, name: &str) -> bool {
 
 fn is_constant(index: &GraphIndex, name: &str) -> bool {
     matches!(index.producer(name), Some(Producer::Initializer(_)))
-        || index.producer_node(name).is_some_and(|n| n.op_type() == "Constant")
+        || index
+            .producer_node(name)
+            .is_some_and(|n| n.op_type() == "Constant")
 }
 
 /// The range of a constant tensor's values.
@@ -179,16 +181,22 @@ fn decide(
     if !matches!(node.domain(), "" | "ai.onnx") {
         return Err(FloatReason::OtherDomain(node.domain().to_string()));
     }
-    if config.exclude_nodes.contains(node.name()) || config.exclude_op_types.contains(node.op_type()) {
+    if config.exclude_nodes.contains(node.name())
+        || config.exclude_op_types.contains(node.op_type())
+    {
         return Err(FloatReason::Excluded);
     }
     if matches!(node.op_type(), "QuantizeLinear" | "DequantizeLinear")
-        || node
-            .input
-            .iter()
-            .any(|i| index.producer_node(i).is_some_and(|p| p.op_type() == "DequantizeLinear"))
+        || node.input.iter().any(|i| {
+            index
+                .producer_node(i)
+                .is_some_and(|p| p.op_type() == "DequantizeLinear")
+        })
         || node.output.iter().any(|o| {
-            index.consumers(o).iter().any(|&c| index.graph().node[c].op_type() == "QuantizeLinear")
+            index
+                .consumers(o)
+                .iter()
+                .any(|&c| index.graph().node[c].op_type() == "QuantizeLinear")
         })
     {
         return Err(FloatReason::AlreadyQuantized);
@@ -316,16 +324,20 @@ fn absorb_activations(
     let quantized: Vec<usize> = p.quantized.iter().copied().collect();
     for n in quantized {
         let node = &graph.node[n];
-        let is_relu = node.op_type() == "Relu"
-            || (node.op_type() == "Clip" && clip_min_is_zero(index, node));
+        let is_relu =
+            node.op_type() == "Relu" || (node.op_type() == "Clip" && clip_min_is_zero(index, node));
         if !is_relu {
             continue;
         }
         let (Some(input), Some(output)) = (node.input.first(), node.output.first()) else {
             continue;
         };
-        let Some(producer) = index.producer(input) else { continue };
-        let Producer::Node { node: pn, .. } = producer else { continue };
+        let Some(producer) = index.producer(input) else {
+            continue;
+        };
+        let Producer::Node { node: pn, .. } = producer else {
+            continue;
+        };
         let producer_rule = rule_for(graph.node[pn].op_type());
         let own_output = producer_rule.is_some_and(|r| r.output == OutputRole::Own);
         if !p.quantized.contains(&pn)
@@ -336,7 +348,9 @@ fn absorb_activations(
         {
             continue;
         }
-        let Some((lo, hi)) = range(output) else { continue };
+        let Some((lo, hi)) = range(output) else {
+            continue;
+        };
         let params = ActParams::from_range(lo.max(0.0), hi, config.activations);
         if !params.clamps_negatives() {
             continue;
@@ -362,13 +376,25 @@ fn clip_min_is_zero(index: &GraphIndex, node: &NodeProto) -> bool {
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (t, p) in &self.activations {
-            writeln!(f, "act {t}: scale {:e} zp {} {:?}", p.scale, p.zero_point, p.ty)?;
+            writeln!(
+                f,
+                "act {t}: scale {:e} zp {} {:?}",
+                p.scale, p.zero_point, p.ty
+            )?;
         }
         for w in &self.weights {
-            writeln!(f, "weight {} of node {} input {} axis {:?}", w.tensor, w.node, w.input, w.axis)?;
+            writeln!(
+                f,
+                "weight {} of node {} input {} axis {:?}",
+                w.tensor, w.node, w.input, w.axis
+            )?;
         }
         for b in &self.biases {
-            writeln!(f, "bias {} of node {} (activation {})", b.tensor, b.node, b.activation)?;
+            writeln!(
+                f,
+                "bias {} of node {} (activation {})",
+                b.tensor, b.node, b.activation
+            )?;
         }
         for (n, t) in &self.absorbed {
             writeln!(f, "node {n} absorbed into {t}")?;

@@ -41,13 +41,22 @@ fn attr_int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-fn qdq_node(op: &str, name: String, inputs: [String; 3], output: String, axis: Option<usize>) -> NodeProto {
+fn qdq_node(
+    op: &str,
+    name: String,
+    inputs: [String; 3],
+    output: String,
+    axis: Option<usize>,
+) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         name: Some(name),
         input: inputs.to_vec(),
         output: vec![output],
-        attribute: axis.map(|a| attr_int("axis", a as i64)).into_iter().collect(),
+        attribute: axis
+            .map(|a| attr_int("axis", a as i64))
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }
@@ -69,7 +78,11 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     let mut stats = RewriteStats::default();
     let original = graph.clone();
     let index = GraphIndex::new(&original);
-    let outputs: HashSet<String> = original.output.iter().map(|o| o.name().to_string()).collect();
+    let outputs: HashSet<String> = original
+        .output
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
 
     // Absorbed Relu/Clip: their consumers read the producer's tensor instead.
     let renames: HashMap<String, String> = plan
@@ -128,14 +141,17 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     }
 
     // Weights, once per distinct (tensor, axis, scales).
-    let mut weight_cache: HashMap<(String, Option<usize>, Vec<u32>), (String, String, String)> = HashMap::new();
+    let mut weight_cache: HashMap<(String, Option<usize>, Vec<u32>), (String, String, String)> =
+        HashMap::new();
     let mut weight_scales: Vec<QuantizedWeight> = Vec::with_capacity(plan.weights.len());
-    let mut weight_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> = HashMap::new();
+    let mut weight_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> =
+        HashMap::new();
     let constant = |name: &str| -> Result<(Vec<f32>, Vec<i64>)> {
         let t = index
             .constant(name)
             .ok_or_else(|| Error::Model(format!("weight '{name}' is not a constant")))?;
-        let values = tensor::to_f32(&t).map_err(|e| Error::Model(format!("weight '{name}': {e}")))?;
+        let values =
+            tensor::to_f32(&t).map_err(|e| Error::Model(format!("weight '{name}': {e}")))?;
         Ok((values, t.dims.clone()))
     };
     // Bias overflow may raise weight scales: compute biases' needs first.
@@ -172,7 +188,11 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             let s = names.fresh(&format!("{}_scale", w.tensor));
             let z = names.fresh(&format!("{}_zero_point", w.tensor));
             let c = channels(&dims, w.axis);
-            let sdims: Vec<i64> = if w.axis.is_some() { vec![c as i64] } else { vec![] };
+            let sdims: Vec<i64> = if w.axis.is_some() {
+                vec![c as i64]
+            } else {
+                vec![]
+            };
             new_inits.push(tensor::from_raw(
                 &q,
                 DataType::Int8,
@@ -184,27 +204,52 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             stats.weights += 1;
             (q, s, z)
         });
-        weight_inputs.insert((w.node, w.input), (entry.0.clone(), entry.1.clone(), entry.2.clone(), w.axis));
+        weight_inputs.insert(
+            (w.node, w.input),
+            (entry.0.clone(), entry.1.clone(), entry.2.clone(), w.axis),
+        );
         weight_scales.push(qw);
     }
-    let mut bias_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> = HashMap::new();
+    let mut bias_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> =
+        HashMap::new();
     for b in &plan.biases {
         let qw = &weight_scales[b.weight];
         let (bv, bd) = constant(&b.tensor)?;
         let s_in = plan.activations[&b.activation].scale;
         let (q, scales) = quantize_bias(&bv, s_in, &qw.scales, b.alpha).map_err(|_| {
-            Error::Model(format!("bias '{}' still overflows int32 after raising weight scales", b.tensor))
+            Error::Model(format!(
+                "bias '{}' still overflows int32 after raising weight scales",
+                b.tensor
+            ))
         })?;
         let qn = names.fresh(&format!("{}_quantized", b.tensor));
         let sn = names.fresh(&format!("{}_scale", b.tensor));
         let zn = names.fresh(&format!("{}_zero_point", b.tensor));
         let per_channel = qw.axis.is_some();
-        let sdims: Vec<i64> = if per_channel { vec![scales.len() as i64] } else { vec![] };
-        let scales = if per_channel { scales } else { vec![scales.first().copied().unwrap_or(1.0)] };
+        let sdims: Vec<i64> = if per_channel {
+            vec![scales.len() as i64]
+        } else {
+            vec![]
+        };
+        let scales = if per_channel {
+            scales
+        } else {
+            vec![scales.first().copied().unwrap_or(1.0)]
+        };
         let zeros = if per_channel { scales.len() } else { 1 };
-        new_inits.push(tensor::from_raw(&qn, DataType::Int32, &bd, q.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        new_inits.push(tensor::from_raw(
+            &qn,
+            DataType::Int32,
+            &bd,
+            q.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
         new_inits.push(tensor::from_f32(&sn, &sdims, &scales));
-        new_inits.push(tensor::from_raw(&zn, DataType::Int32, &sdims, vec![0; 4 * zeros]));
+        new_inits.push(tensor::from_raw(
+            &zn,
+            DataType::Int32,
+            &sdims,
+            vec![0; 4 * zeros],
+        ));
         stats.biases += 1;
         bias_inputs.insert((b.node, b.input), (qn, sn, zn, per_channel.then_some(0)));
     }
@@ -224,11 +269,19 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             if let Some(r) = renames.get(input) {
                 *input = r.clone();
             }
-            let folded = weight_inputs.get(&(n, slot)).or_else(|| bias_inputs.get(&(n, slot)));
+            let folded = weight_inputs
+                .get(&(n, slot))
+                .or_else(|| bias_inputs.get(&(n, slot)));
             if let Some((q, s, z, axis)) = folded {
                 let out = names.fresh(&format!("{input}_dequantized"));
                 let dq = names.fresh(&format!("{input}_DequantizeLinear"));
-                nodes.push(qdq_node("DequantizeLinear", dq, [q.clone(), s.clone(), z.clone()], out.clone(), *axis));
+                nodes.push(qdq_node(
+                    "DequantizeLinear",
+                    dq,
+                    [q.clone(), s.clone(), z.clone()],
+                    out.clone(),
+                    *axis,
+                ));
                 stats.dequantize_nodes += 1;
                 *input = out;
                 continue;
@@ -239,7 +292,13 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             if let Some(qsz) = quantized_name.get(input.as_str()) {
                 let out = names.fresh(&format!("{input}_dequantized"));
                 let dq = names.fresh(&format!("{input}_DequantizeLinear"));
-                nodes.push(qdq_node("DequantizeLinear", dq, qsz.clone(), out.clone(), None));
+                nodes.push(qdq_node(
+                    "DequantizeLinear",
+                    dq,
+                    qsz.clone(),
+                    out.clone(),
+                    None,
+                ));
                 stats.dequantize_nodes += 1;
                 *input = out;
             }

@@ -131,7 +131,12 @@ mod tests {
     #[test]
     fn table_is_sorted_and_unique_so_lookup_finds_every_rule() {
         for pair in RULES.windows(2) {
-            assert!(pair[0].op < pair[1].op, "{} before {}", pair[0].op, pair[1].op);
+            assert!(
+                pair[0].op < pair[1].op,
+                "{} before {}",
+                pair[0].op,
+                pair[1].op
+            );
         }
         for r in RULES {
             assert_eq!(rule_for(r.op).map(|f| f.op), Some(r.op));
