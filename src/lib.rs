@@ -5,10 +5,10 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "tract")]
-pub mod engine;
-#[cfg(feature = "tract")]
 pub mod calibrate;
 pub mod compare;
+#[cfg(feature = "tract")]
+pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod inspect;

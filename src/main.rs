@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use onnx_ptq::calibrate::{
+    CalibrationConfig, Calibrator, DataSource, ImagePreprocess, QuantTarget, RangeMethod,
+};
 use onnx_ptq::onnx::Model;
 use onnx_ptq::validate::{self, ExecOptions};
 
@@ -21,6 +24,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run calibration data through the model and write each float tensor's range as JSON.
+    ///
+    /// The ranges file is a calibration cache: `quantize --ranges` reads it back instead of
+    /// running the data again.
+    #[command(
+        after_help = "Examples:\n  onnx-ptq calibrate model.onnx --calib samples/ -o ranges.json\n  onnx-ptq calibrate resnet.onnx --calib photos/ --preset imagenet --method entropy -o ranges.json\n  onnx-ptq calibrate bert.onnx --calib test_data/ --method percentile --percentile 99.99 -o r.json"
+    )]
+    Calibrate {
+        /// The ONNX model file.
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Where to write the ranges (JSON).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
     /// Summarise a model: metadata, inputs/outputs, ops, parameters and where weights live.
     #[command(
         after_help = "Example:\n  onnx-ptq inspect fixtures/cnn.onnx\n  onnx-ptq inspect model.onnx --json > summary.json"
@@ -56,6 +75,154 @@ enum Command {
     },
 }
 
+/// Calibration data and range options, shared by the commands that calibrate.
+#[derive(clap::Args, Debug)]
+struct CalibArgs {
+    /// Calibration data: a folder of .npz (or .npy for one input), one stacked .npy, an ONNX
+    /// test-data folder (test_data_set_*/input_*.pb), or a folder of PNG/JPEG images.
+    #[arg(long, value_name = "PATH")]
+    calib: PathBuf,
+    /// Force the kind of data instead of detecting it: npz, npy, npy-stack, test-data, images.
+    #[arg(long, value_name = "KIND")]
+    data_kind: Option<onnx_ptq::calibrate::SourceKind>,
+    /// Use only the first N samples (in sorted order).
+    #[arg(long, value_name = "N")]
+    samples: Option<usize>,
+    /// Range method: minmax, percentile, entropy or mse.
+    #[arg(long, default_value = "minmax")]
+    method: String,
+    /// Percentile for --method percentile.
+    #[arg(long, default_value_t = 99.999)]
+    percentile: f64,
+    /// Histogram bins for percentile, entropy and mse.
+    #[arg(long, default_value_t = onnx_ptq::calibrate::observer::DEFAULT_BINS)]
+    bins: usize,
+    /// Activation type the ranges are searched for: u8 (asymmetric) or s8 (symmetric).
+    #[arg(long, default_value = "u8", value_parser = ["u8", "s8"])]
+    activations: String,
+    /// Worker threads (each runs whole samples).
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Image preprocessing preset: imagenet or yolo (other image flags override its values).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Image size as WIDTHxHEIGHT (default: the model input's static size).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// Image resize mode: stretch, letterbox or center-crop.
+    #[arg(long, value_name = "MODE")]
+    resize: Option<onnx_ptq::calibrate::data::ResizeMode>,
+    /// Image channel order: rgb or bgr.
+    #[arg(long, value_name = "ORDER")]
+    channels: Option<onnx_ptq::calibrate::data::ChannelOrder>,
+    /// Multiply pixel values (0-255) by this before mean/std, e.g. 0.00392156862745098 (1/255).
+    #[arg(long)]
+    scale: Option<f32>,
+    /// Per-channel mean subtracted after scaling, as R,G,B.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    mean: Option<[f32; 3]>,
+    /// Per-channel std divided by after the mean, as R,G,B.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    std: Option<[f32; 3]>,
+    /// Image tensor layout: nchw or nhwc.
+    #[arg(long)]
+    layout: Option<onnx_ptq::calibrate::data::Layout>,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}' is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|&v| v > 0);
+    match (parse(w), parse(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(format!(
+            "'{s}' is not WIDTHxHEIGHT with positive whole numbers"
+        )),
+    }
+}
+
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("'{s}' is not three numbers separated by commas"))?;
+    <[f32; 3]>::try_from(v).map_err(|_| format!("'{s}' is not three numbers separated by commas"))
+}
+
+impl CalibArgs {
+    fn image_preprocess(&self) -> Result<ImagePreprocess> {
+        let mut p = match &self.preset {
+            Some(name) => ImagePreprocess::preset(name)?,
+            None => ImagePreprocess::default(),
+        };
+        p.size = self.size.or(p.size);
+        p.resize = self.resize.unwrap_or(p.resize);
+        p.channel_order = self.channels.unwrap_or(p.channel_order);
+        p.scale = self.scale.unwrap_or(p.scale);
+        p.mean = self.mean.unwrap_or(p.mean);
+        p.std = self.std.unwrap_or(p.std);
+        p.layout = self.layout.unwrap_or(p.layout);
+        Ok(p)
+    }
+
+    fn config(&self) -> Result<CalibrationConfig> {
+        let mut method: RangeMethod = self.method.parse().map_err(anyhow::Error::msg)?;
+        if let RangeMethod::Percentile { percentile } = &mut method {
+            anyhow::ensure!(
+                self.percentile > 50.0 && self.percentile <= 100.0,
+                "--percentile must be in (50, 100], got {}",
+                self.percentile
+            );
+            *percentile = self.percentile;
+        }
+        let target = match self.activations.as_str() {
+            "s8" => QuantTarget::S8_SYMMETRIC,
+            _ => QuantTarget::U8,
+        };
+        Ok(CalibrationConfig {
+            method,
+            target,
+            bins: self.bins,
+            threads: self.threads.max(1),
+            progress: !self.quiet,
+        })
+    }
+
+    fn open(&self, inputs: &[onnx_ptq::calibrate::InputSpec]) -> Result<DataSource> {
+        let image = self.image_preprocess()?;
+        Ok(DataSource::open(
+            &self.calib,
+            self.data_kind,
+            inputs,
+            Some(&image),
+            self.samples,
+        )?)
+    }
+}
+
+/// Refuses to write `output` over `input` (compared through canonical paths).
+fn refuse_same_file(output: &std::path::Path, input: &std::path::Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
+        anyhow::ensure!(
+            a != b,
+            "refusing to overwrite the input file {}",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 fn parse_dim(s: &str) -> Result<(String, i64), String> {
     let (name, value) = s
         .split_once('=')
@@ -77,6 +244,28 @@ enum Outcome {
 
 fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
+        Command::Calibrate {
+            model,
+            calib,
+            output,
+        } => {
+            let config = calib.config()?;
+            refuse_same_file(&output, &model)?;
+            let loaded = Model::load(&model)?;
+            let calibrator = Calibrator::new(&loaded.proto, &model.display().to_string())?;
+            let source = calib.open(calibrator.inputs())?;
+            let ranges = calibrator.calibrate(&source, &config)?;
+            ranges.save(&output)?;
+            eprintln!(
+                "{} tensors calibrated with {} on {} samples in {:.2} s; ranges written to {}",
+                ranges.tensors.len(),
+                config.method.name(),
+                ranges.samples,
+                ranges.seconds,
+                output.display()
+            );
+            Ok(Outcome::Ok)
+        }
         Command::Inspect { model, json } => {
             let loaded = Model::load(&model)?;
             let summary = onnx_ptq::inspect::inspect(&loaded);

@@ -110,6 +110,75 @@ fn typed_field_len(t: &TensorProto, dt: DataType) -> (u64, u64) {
     }
 }
 
+/// The tensor's values as `f32`, for float tensors (float, double, float16, bfloat16) held inline.
+pub fn to_f32(t: &TensorProto) -> Result<Vec<f32>, String> {
+    use DataType::*;
+    let dt = data_type(t)?;
+    let n = element_count(&t.dims)? as usize;
+    check_inline_data(t)?;
+    let raw = t.raw_data.as_deref();
+    let values: Vec<f32> = match (dt, raw) {
+        (Float, Some(r)) => r
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        (Float, None) => t.float_data.clone(),
+        (Double, Some(r)) => r
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        (Double, None) => t.double_data.iter().map(|&v| v as f32).collect(),
+        (Float16, Some(r)) => r
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        (Float16, None) => t
+            .int32_data
+            .iter()
+            .map(|&v| half::f16::from_bits(v as u16).to_f32())
+            .collect(),
+        (Bfloat16, Some(r)) => r
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        (Bfloat16, None) => t
+            .int32_data
+            .iter()
+            .map(|&v| half::bf16::from_bits(v as u16).to_f32())
+            .collect(),
+        _ => return Err(format!("{} is not a float type", super::dtype::name(dt))),
+    };
+    if values.len() < n {
+        return Err(format!(
+            "holds {} values, dims {:?} need {n}",
+            values.len(),
+            t.dims
+        ));
+    }
+    Ok(values[..n].to_vec())
+}
+
+/// A tensor of `dt` holding `raw` little-endian bytes.
+pub fn from_raw(name: &str, dt: DataType, dims: &[i64], raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        data_type: Some(dt as i32),
+        dims: dims.to_vec(),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+/// A float tensor.
+pub fn from_f32(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    from_raw(
+        name,
+        DataType::Float,
+        dims,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,69 +226,4 @@ mod tests {
         let t = tensor(DataType::Float, &[-1]);
         assert!(check_inline_data(&t).unwrap_err().contains("negative"));
     }
-}
-
-/// The tensor's values as `f32`, for float tensors (float, double, float16, bfloat16) held inline.
-pub fn to_f32(t: &TensorProto) -> Result<Vec<f32>, String> {
-    use DataType::*;
-    let dt = data_type(t)?;
-    let n = element_count(&t.dims)? as usize;
-    check_inline_data(t)?;
-    let raw = t.raw_data.as_deref();
-    let values: Vec<f32> = match (dt, raw) {
-        (Float, Some(r)) => r
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        (Float, None) => t.float_data.clone(),
-        (Double, Some(r)) => r
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
-        (Double, None) => t.double_data.iter().map(|&v| v as f32).collect(),
-        (Float16, Some(r)) => r
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        (Float16, None) => t
-            .int32_data
-            .iter()
-            .map(|&v| half::f16::from_bits(v as u16).to_f32())
-            .collect(),
-        (Bfloat16, Some(r)) => r
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        (Bfloat16, None) => t
-            .int32_data
-            .iter()
-            .map(|&v| half::bf16::from_bits(v as u16).to_f32())
-            .collect(),
-        _ => return Err(format!("{} is not a float type", super::dtype::name(dt))),
-    };
-    if values.len() < n {
-        return Err(format!("holds {} values, dims {:?} need {n}", values.len(), t.dims));
-    }
-    Ok(values[..n].to_vec())
-}
-
-/// A tensor of `dt` holding `raw` little-endian bytes.
-pub fn from_raw(name: &str, dt: DataType, dims: &[i64], raw: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: Some(name.to_string()),
-        data_type: Some(dt as i32),
-        dims: dims.to_vec(),
-        raw_data: Some(raw),
-        ..Default::default()
-    }
-}
-
-/// A float tensor.
-pub fn from_f32(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
-    from_raw(
-        name,
-        DataType::Float,
-        dims,
-        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    )
 }

@@ -150,6 +150,11 @@ pub fn requantize(
     }
 }
 
+/// Int32 bias values and their per-channel scales.
+pub type QuantizedBias = (Vec<i32>, Vec<f32>);
+/// Channels whose weight scale must grow, with the smallest scale that makes the bias fit.
+pub type ScaleRaises = Vec<(usize, f32)>;
+
 /// Quantizes a bias to int32 with scale `input_scale × weight_scale[c]`. Where a value would
 /// not fit in int32, returns the channels whose weight scale must grow (and by how much the
 /// scale must at least be) instead.
@@ -158,7 +163,7 @@ pub fn quantize_bias(
     input_scale: f32,
     weight_scales: &[f32],
     alpha: f32,
-) -> Result<(Vec<i32>, Vec<f32>), Vec<(usize, f32)>> {
+) -> Result<QuantizedBias, ScaleRaises> {
     const LIMIT: f64 = (i32::MAX - 1) as f64;
     let per = |c: usize| weight_scales[if weight_scales.len() == 1 { 0 } else { c }];
     let scales: Vec<f32> = (0..bias.len())

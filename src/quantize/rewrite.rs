@@ -15,6 +15,11 @@ use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor;
 
+/// Names of a folded constant's quantized tensor, scale and zero point, and its DQ axis.
+type Folded = (String, String, String, Option<usize>);
+/// A weight's distinct quantization: tensor, axis and the bits of its scales.
+type WeightKey = (String, Option<usize>, Vec<u32>);
+
 /// What the rewrite did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RewriteStats {
@@ -141,11 +146,9 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     }
 
     // Weights, once per distinct (tensor, axis, scales).
-    let mut weight_cache: HashMap<(String, Option<usize>, Vec<u32>), (String, String, String)> =
-        HashMap::new();
+    let mut weight_cache: HashMap<WeightKey, (String, String, String)> = HashMap::new();
     let mut weight_scales: Vec<QuantizedWeight> = Vec::with_capacity(plan.weights.len());
-    let mut weight_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> =
-        HashMap::new();
+    let mut weight_inputs: HashMap<(usize, usize), Folded> = HashMap::new();
     let constant = |name: &str| -> Result<(Vec<f32>, Vec<i64>)> {
         let t = index
             .constant(name)
@@ -210,8 +213,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
         );
         weight_scales.push(qw);
     }
-    let mut bias_inputs: HashMap<(usize, usize), (String, String, String, Option<usize>)> =
-        HashMap::new();
+    let mut bias_inputs: HashMap<(usize, usize), Folded> = HashMap::new();
     for b in &plan.biases {
         let qw = &weight_scales[b.weight];
         let (bv, bd) = constant(&b.tensor)?;

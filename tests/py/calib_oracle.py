@@ -170,6 +170,16 @@ for s in samples:
         reduce(name, value)
     for name, value in s.items():
         reduce(name, value)
+# Tensors computed from constants and input shapes only (Constant and Shape outputs and what
+# follows from them alone): with the sample shapes known, an engine folds them away, and they are
+# not activations to calibrate (YOLO's anchor grid, for one).
+constant = {t.name for t in model.graph.initializer}
+for node in model.graph.node:
+    if node.op_type in ("Constant", "Shape", "Size") or (
+            node.input and all(i in constant for i in node.input if i)):
+        constant.update(o for o in node.output if o)
+with open(os.path.join(args.out, "constant_derived.json"), "w") as f:
+    json.dump(sorted(constant), f)
 with open(os.path.join(args.out, "minmax.json"), "w") as f:
     json.dump({n: [lo[n], hi[n]] for n in lo if np.isfinite(lo[n])}, f)
 if args.keep:

@@ -1,0 +1,353 @@
+//! Runs calibration samples through tract and feeds every watched tensor to its observers,
+//! without keeping any value beyond the node being evaluated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::eval;
+use tract_onnx::tract_hir::infer::InferenceFact;
+
+use super::data::{DataSource, InputSpec};
+use super::observer::{Histogram, MinMax};
+use crate::engine::guard;
+use crate::error::{Error, Result};
+use crate::onnx::pb::ModelProto;
+
+/// Statistics of one tensor over every sample seen.
+#[derive(Debug, Clone)]
+pub struct TensorStats {
+    /// Running min/max.
+    pub minmax: MinMax,
+    /// Histogram, when the range method needs one.
+    pub histogram: Option<Histogram>,
+}
+
+impl TensorStats {
+    fn new(bins: Option<usize>) -> Self {
+        TensorStats {
+            minmax: MinMax::new(),
+            histogram: bins.map(Histogram::new),
+        }
+    }
+
+    fn observe(&mut self, values: &[f32]) {
+        self.minmax.observe(values);
+        if let Some(h) = &mut self.histogram {
+            h.observe(values);
+        }
+    }
+
+    fn merge(&mut self, other: &TensorStats) {
+        self.minmax.merge(&other.minmax);
+        if let (Some(a), Some(b)) = (&mut self.histogram, &other.histogram) {
+            a.merge(b);
+        }
+    }
+}
+
+/// A tract plan for one set of concrete input shapes, with its outlets mapped to watched
+/// tensors.
+struct Built {
+    plan: Arc<TypedSimplePlan>,
+    /// For each tract node and output slot, the index of the watched tensor it carries.
+    watch: Vec<Vec<Option<usize>>>,
+    /// tract's input slot for each `InputSpec` of the model, in spec order.
+    input_slots: Vec<usize>,
+}
+
+/// A model prepared for observation: plans typed for each distinct set of sample shapes (tract
+/// cannot always evaluate shape expressions over symbolic dims, such as a Slice bounded by the
+/// sequence length), whose node outputs are mapped back to ONNX tensor names.
+pub struct Observer {
+    bytes: Vec<u8>,
+    /// ONNX tensor names a node output may carry (tract labels the sub-nodes of ops it
+    /// expands with derived names; only the last one carries the ONNX name).
+    onnx_names: std::collections::HashSet<String>,
+    /// Watched ONNX tensor names, sorted.
+    tensors: Vec<String>,
+    /// Index of each watched name.
+    tensor_index: HashMap<String, usize>,
+    /// Index of the watched tensor for each `InputSpec` (float inputs).
+    input_watch: Vec<Option<usize>>,
+    inputs: Vec<InputSpec>,
+    plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<Built>>>,
+}
+
+impl Observer {
+    /// Loads `model` in tract and finds each float tensor that an ONNX node produces (and each
+    /// float graph input): those get observed.
+    pub fn new(model: &ModelProto) -> Result<Observer> {
+        let inputs = InputSpec::of_model(model)?;
+        guard("loading the model in tract", || {
+            Self::prepare(model, inputs)
+        })
+        .map_err(Error::Tract)
+    }
+
+    fn load(bytes: &[u8]) -> std::result::Result<InferenceModel, String> {
+        tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .with_ignore_value_info(true)
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| format!("tract could not load the model: {e:#}"))
+    }
+
+    fn prepare(
+        model: &ModelProto,
+        inputs: Vec<InputSpec>,
+    ) -> std::result::Result<Observer, String> {
+        let bytes = model.encode_to_vec();
+        let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+        let mut onnx_names: std::collections::HashSet<String> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().cloned())
+            .collect();
+        onnx_names.extend(inputs.iter().map(|i| i.name.clone()));
+        let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        match Self::load(&bytes)?.into_typed() {
+            Ok(typed) => {
+                for node in typed.nodes() {
+                    for (slot, fact) in node.outputs.iter().enumerate() {
+                        if let Some(label) = typed.outlet_label(OutletId::new(node.id, slot)) {
+                            if onnx_names.contains(label) && is_float(fact.fact.datum_type) {
+                                names.insert(label.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            // Some models only type with concrete input shapes (symbolic sizes that tract
+            // cannot prove equal): watch every node output, non-float ones stay unobserved.
+            Err(_) => names.extend(
+                graph
+                    .node
+                    .iter()
+                    .flat_map(|n| n.output.iter().filter(|o| !o.is_empty()).cloned()),
+            ),
+        }
+        for spec in &inputs {
+            if spec.elem_type == crate::onnx::pb::tensor_proto::DataType::Float {
+                names.insert(spec.name.clone());
+            }
+        }
+        let tensors: Vec<String> = names.into_iter().collect();
+        let tensor_index: HashMap<String, usize> = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let input_watch = inputs
+            .iter()
+            .map(|s| tensor_index.get(&s.name).copied())
+            .collect();
+        Ok(Observer {
+            bytes,
+            onnx_names,
+            tensors,
+            tensor_index,
+            input_watch,
+            inputs,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The plan for samples of these input shapes, built on first use.
+    fn plan_for(&self, shapes: Vec<Vec<usize>>) -> Result<Arc<Built>> {
+        if let Some(b) = self.plans.lock().ok().and_then(|p| p.get(&shapes).cloned()) {
+            return Ok(b);
+        }
+        let built = guard("typing the model for the sample shapes", || {
+            self.build(&shapes)
+        })
+        .map_err(Error::Tract)?;
+        let built = Arc::new(built);
+        if let Ok(mut p) = self.plans.lock() {
+            p.insert(shapes, built.clone());
+        }
+        Ok(built)
+    }
+
+    fn build(&self, shapes: &[Vec<usize>]) -> std::result::Result<Built, String> {
+        let mut inference = Self::load(&self.bytes)?;
+        let outlets = inference
+            .input_outlets()
+            .map_err(|e| e.to_string())?
+            .to_vec();
+        let mut input_slots = Vec::with_capacity(self.inputs.len());
+        for (spec, shape) in self.inputs.iter().zip(shapes) {
+            let slot = outlets
+                .iter()
+                .position(|o| inference.node(o.node).name == spec.name)
+                .ok_or_else(|| format!("tract has no input named '{}'", spec.name))?;
+            let dt = crate::engine::datum_type(spec.elem_type)
+                .ok_or_else(|| format!("input '{}' has a type tract cannot hold", spec.name))?;
+            inference
+                .set_input_fact(slot, InferenceFact::dt_shape(dt, shape.clone()))
+                .map_err(|e| format!("input '{}': {e:#}", spec.name))?;
+            input_slots.push(slot);
+        }
+        let typed = inference
+            .into_typed()
+            .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+        let mut watch: Vec<Vec<Option<usize>>> = typed
+            .nodes()
+            .iter()
+            .map(|n| vec![None; n.outputs.len()])
+            .collect();
+        for node in typed.nodes() {
+            for (slot, w) in watch[node.id].iter_mut().enumerate() {
+                let Some(label) = typed.outlet_label(OutletId::new(node.id, slot)) else {
+                    continue;
+                };
+                if self.onnx_names.contains(label) {
+                    *w = self.tensor_index.get(label).copied();
+                }
+            }
+        }
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| format!("tract could not plan the model: {e:#}"))?;
+        Ok(Built {
+            plan,
+            watch,
+            input_slots,
+        })
+    }
+
+    /// The ONNX names of the observed tensors, sorted.
+    pub fn tensor_names(&self) -> &[String] {
+        &self.tensors
+    }
+
+    /// The model inputs samples must provide.
+    pub fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+
+    /// Runs every sample of `source` (on `threads` threads, each with its own plan state and
+    /// observers, merged at the end) and returns each tensor's statistics by name.
+    /// `on_sample` is called after each sample (for progress display).
+    pub fn run(
+        &self,
+        source: &DataSource,
+        histogram_bins: Option<usize>,
+        threads: usize,
+        on_sample: &(dyn Fn() + Sync),
+    ) -> Result<BTreeMap<String, TensorStats>> {
+        let next = AtomicUsize::new(0);
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        let threads = threads.clamp(1, source.len().max(1));
+        let partials: Vec<Vec<TensorStats>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut stats: Vec<TensorStats> = (0..self.tensors.len())
+                            .map(|_| TensorStats::new(histogram_bins))
+                            .collect();
+                        loop {
+                            if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                                break;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= source.len() {
+                                break;
+                            }
+                            if let Err(e) = self.run_sample(source, i, &mut stats) {
+                                record(&first_error, e);
+                                break;
+                            }
+                            on_sample();
+                        }
+                        stats
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        if let Some(e) = first_error.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        let mut merged: Vec<TensorStats> = (0..self.tensors.len())
+            .map(|_| TensorStats::new(histogram_bins))
+            .collect();
+        for partial in &partials {
+            for (m, p) in merged.iter_mut().zip(partial) {
+                m.merge(p);
+            }
+        }
+        Ok(self.tensors.iter().cloned().zip(merged).collect())
+    }
+
+    fn run_sample(
+        &self,
+        source: &DataSource,
+        index: usize,
+        stats: &mut [TensorStats],
+    ) -> Result<()> {
+        let sample = source.load(index)?;
+        let shapes: Vec<Vec<usize>> = sample.inputs.iter().map(|t| t.shape().to_vec()).collect();
+        let built = self.plan_for(shapes)?;
+        let mut state = built
+            .plan
+            .spawn()
+            .map_err(|e| Error::Tract(format!("{e:#}")))?;
+        let mut ordered: Vec<Option<TValue>> = vec![None; built.input_slots.len()];
+        for (spec_idx, tensor) in sample.inputs.into_iter().enumerate() {
+            // Graph inputs are observed here: tract does not evaluate its source nodes.
+            if let Some(idx) = self.input_watch[spec_idx] {
+                let value = tensor.clone().into_tvalue();
+                observe_value(&mut stats[idx], &value)
+                    .map_err(|e| Error::Tract(format!("{e:#}")))?;
+            }
+            ordered[built.input_slots[spec_idx]] = Some(tensor.into_tvalue());
+        }
+        let inputs: TVec<TValue> = ordered.into_iter().flatten().collect();
+        let watch = &built.watch;
+        let label = sample.label;
+        guard(&label, || {
+            state
+                .run_plan_with_eval(inputs, |ctx, op_state, node, ins| {
+                    let outs = eval(ctx, op_state, node, ins)?;
+                    for (slot, value) in outs.iter().enumerate() {
+                        if let Some(idx) = watch[node.id][slot] {
+                            observe_value(&mut stats[idx], value)?;
+                        }
+                    }
+                    Ok::<_, anyhow::Error>(outs)
+                })
+                .map(|_| ())
+                .map_err(|e| format!("running sample {label} in tract: {e:#}"))
+        })
+        .map_err(Error::Tract)
+    }
+}
+
+fn record(slot: &Mutex<Option<Error>>, e: Error) {
+    if let Ok(mut guard) = slot.lock() {
+        guard.get_or_insert(e);
+    }
+}
+
+fn is_float(dt: DatumType) -> bool {
+    dt == f32::datum_type() || dt == f16::datum_type() || dt == f64::datum_type()
+}
+
+fn observe_value(stats: &mut TensorStats, value: &TValue) -> TractResult<()> {
+    if !value.is_plain() {
+        return Ok(()); // packed weights of an optimized op: not an activation
+    }
+    if value.datum_type() == f32::datum_type() {
+        stats.observe(value.try_as_plain_ram()?.as_slice::<f32>()?);
+    } else if is_float(value.datum_type()) {
+        let cast = value.cast_to::<f32>()?;
+        stats.observe(cast.try_as_plain_ram()?.as_slice::<f32>()?);
+    }
+    Ok(())
+}
