@@ -106,6 +106,9 @@ struct CalibArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Benchmarks only: run the samples without observing (plain tract inference).
+    #[arg(long, hide = true)]
+    bench_no_observe: bool,
     /// Image preprocessing preset: imagenet or yolo (other image flags override its values).
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
@@ -252,7 +255,10 @@ fn run(cli: Cli) -> Result<Outcome> {
             let config = calib.config()?;
             refuse_same_file(&output, &model)?;
             let loaded = Model::load(&model)?;
-            let calibrator = Calibrator::new(&loaded.proto, &model.display().to_string())?;
+            let mut calibrator = Calibrator::new(&loaded.proto, &model.display().to_string())?;
+            if calib.bench_no_observe {
+                calibrator.disable_observation();
+            }
             let source = calib.open(calibrator.inputs())?;
             let ranges = calibrator.calibrate(&source, &config)?;
             ranges.save(&output)?;

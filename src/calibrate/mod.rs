@@ -115,6 +115,12 @@ impl Calibrator {
         self.observer.inputs()
     }
 
+    /// Runs samples without observing anything (ranges come out empty): a benchmark of plain
+    /// tract inference over the same plans.
+    pub fn disable_observation(&mut self) {
+        self.observer.disable_observation();
+    }
+
     /// Names of the tensors that get a range.
     pub fn tensor_names(&self) -> &[String] {
         self.observer.tensor_names()

@@ -74,6 +74,8 @@ pub struct Observer {
     input_watch: Vec<Option<usize>>,
     inputs: Vec<InputSpec>,
     plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<Built>>>,
+    /// Off only to measure plain inference in the same plans (benchmarks).
+    observe: bool,
 }
 
 impl Observer {
@@ -152,7 +154,14 @@ impl Observer {
             input_watch,
             inputs,
             plans: Mutex::new(HashMap::new()),
+            observe: true,
         })
+    }
+
+    /// Runs the same plans without looking at any value: what plain inference costs, for
+    /// measuring the observers' overhead.
+    pub fn disable_observation(&mut self) {
+        self.observe = false;
     }
 
     /// The plan for samples of these input shapes, built on first use.
@@ -310,11 +319,15 @@ impl Observer {
         }
         let inputs: TVec<TValue> = ordered.into_iter().flatten().collect();
         let watch = &built.watch;
+        let observe = self.observe;
         let label = sample.label;
         guard(&label, || {
             state
                 .run_plan_with_eval(inputs, |ctx, op_state, node, ins| {
                     let outs = eval(ctx, op_state, node, ins)?;
+                    if !observe {
+                        return Ok::<_, anyhow::Error>(outs);
+                    }
                     for (slot, value) in outs.iter().enumerate() {
                         if let Some(idx) = watch[node.id][slot] {
                             observe_value(&mut stats[idx], value)?;
