@@ -164,7 +164,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
         let (wv, wd) = constant(&w.tensor)?;
         let qw = quantize_weight(&wv, &wd, w.axis);
         let (bv, _) = constant(&b.tensor)?;
-        let s_in = plan.activations[&b.activation].scale;
+        let s_in = input_scale(plan, &renames, &b.activation)?;
         if let Err(over) = quantize_bias(&bv, s_in, &qw.scales, b.alpha) {
             raised.entry(b.weight).or_default().extend(over);
         }
@@ -217,7 +217,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     for b in &plan.biases {
         let qw = &weight_scales[b.weight];
         let (bv, bd) = constant(&b.tensor)?;
-        let s_in = plan.activations[&b.activation].scale;
+        let s_in = input_scale(plan, &renames, &b.activation)?;
         let (q, scales) = quantize_bias(&bv, s_in, &qw.scales, b.alpha).map_err(|_| {
             Error::Model(format!(
                 "bias '{}' still overflows int32 after raising weight scales",
@@ -319,6 +319,19 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     graph.initializer.extend(new_inits);
     remove_unused_initializers(graph);
     Ok(stats)
+}
+
+/// Scale of a bias's activation input, following the rename of an absorbed Relu.
+fn input_scale(plan: &Plan, renames: &HashMap<String, String>, activation: &str) -> Result<f32> {
+    let name = renames
+        .get(activation)
+        .map(String::as_str)
+        .unwrap_or(activation);
+    plan.activations.get(name).map(|p| p.scale).ok_or_else(|| {
+        Error::Model(format!(
+            "internal error: activation '{name}' has no parameters"
+        ))
+    })
 }
 
 /// Drops initializers nothing reads any more (the float weights that were folded).
