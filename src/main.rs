@@ -24,6 +24,35 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Quantize a float model to int8 QDQ: calibrate, plan, rewrite, validate, then write.
+    #[command(
+        after_help = "Examples:\n  onnx-ptq quantize fixtures/cnn.onnx --calib samples/ -o cnn.int8.onnx\n  onnx-ptq quantize model.onnx --calib photos/ --preset imagenet --method entropy -o m.int8.onnx --report report.json"
+    )]
+    Quantize {
+        /// The float ONNX model (never modified).
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Where to write the int8 model.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Ranges from `onnx-ptq calibrate` instead of calibrating again (the data is still used
+        /// for the validation run and the fp32-vs-int8 report).
+        #[arg(long, value_name = "JSON")]
+        ranges: Option<PathBuf>,
+        /// Per-tensor weights instead of per-channel.
+        #[arg(long)]
+        per_tensor: bool,
+        /// Node names to leave float, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        exclude_nodes: Vec<String>,
+        /// Op types to leave float, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        exclude_op_types: Vec<String>,
+        /// Also write the summary as JSON.
+        #[arg(long, value_name = "JSON")]
+        report: Option<PathBuf>,
+    },
     /// Run calibration data through the model and write each float tensor's range as JSON.
     ///
     /// The ranges file is a calibration cache: `quantize --ranges` reads it back instead of
@@ -214,6 +243,53 @@ impl CalibArgs {
     }
 }
 
+fn print_summary(s: &onnx_ptq::quantize::QuantizeReport, out: &std::path::Path) {
+    println!("wrote {}", out.display());
+    println!(
+        "size: {} -> {} ({:.2}x)",
+        onnx_ptq::inspect::human_bytes(s.bytes_before),
+        onnx_ptq::inspect::human_bytes(s.bytes_after),
+        s.bytes_after as f64 / s.bytes_before.max(1) as f64
+    );
+    if s.opset_after != s.opset_before {
+        println!("opset: {} -> {}", s.opset_before, s.opset_after);
+    }
+    if let Some(why) = &s.per_tensor_reason {
+        println!("per-tensor weights: {why}");
+    }
+    println!(
+        "calibration: {} on {} samples in {:.2} s",
+        s.calibration_method, s.calibration_samples, s.calibration_seconds
+    );
+    let ops: Vec<String> = s
+        .quantized_ops
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    println!(
+        "quantized: {} tensors; nodes: {}; {} weights int8, {} biases int32",
+        s.quantized_tensors,
+        ops.join(", "),
+        s.rewrite.weights,
+        s.rewrite.biases
+    );
+    let mut reasons: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for f in &s.float_nodes {
+        *reasons
+            .entry((f.op_type.clone(), f.reason.clone()))
+            .or_default() += 1;
+    }
+    for ((op, reason), n) in reasons {
+        println!("float: {n} {op}: {reason}");
+    }
+    for (name, m) in &s.outputs {
+        println!(
+            "output {name}: SQNR {:.2} dB, cosine {:.5}, max abs error {:.4} ({} samples, tract)",
+            m.sqnr_db, m.cosine, m.max_abs, s.compared_samples
+        );
+    }
+}
+
 /// Refuses to write `output` over `input` (compared through canonical paths).
 fn refuse_same_file(output: &std::path::Path, input: &std::path::Path) -> Result<()> {
     if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
@@ -247,6 +323,54 @@ enum Outcome {
 
 fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
+        Command::Quantize {
+            model,
+            calib,
+            output,
+            ranges,
+            per_tensor,
+            exclude_nodes,
+            exclude_op_types,
+            report,
+        } => {
+            let calibration = calib.config()?;
+            refuse_same_file(&output, &model)?;
+            let loaded = Model::load(&model)?;
+            let inputs = onnx_ptq::calibrate::InputSpec::of_model(&loaded.proto)?;
+            let source = calib.open(&inputs)?;
+            source.check_all()?;
+            let ranges = ranges
+                .map(|p| onnx_ptq::calibrate::Ranges::load(&p))
+                .transpose()?;
+            let config = onnx_ptq::quantize::QuantizeConfig {
+                plan: onnx_ptq::quantize::PlanConfig {
+                    activations: match calib.activations.as_str() {
+                        "s8" => onnx_ptq::quantize::ActType::S8,
+                        _ => onnx_ptq::quantize::ActType::U8,
+                    },
+                    per_channel: !per_tensor,
+                    exclude_nodes: exclude_nodes.into_iter().collect(),
+                    exclude_op_types: exclude_op_types.into_iter().collect(),
+                },
+                calibration,
+                compare_samples: 32,
+            };
+            let name = model.display().to_string();
+            let (quantized, summary) =
+                onnx_ptq::quantize::quantize(&loaded.proto, &name, &source, ranges, &config)?;
+            let written = Model {
+                proto: quantized,
+                ..loaded
+            }
+            .save(&output, &onnx_ptq::onnx::SaveOptions::default())?;
+            if let Some(path) = report {
+                let json = serde_json::to_vec_pretty(&summary)?;
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print_summary(&summary, &written.path);
+            Ok(Outcome::Ok)
+        }
         Command::Calibrate {
             model,
             calib,

@@ -94,3 +94,48 @@ fn fixtures_quantize_to_valid_int8_models_close_to_fp32() {
         );
     }
 }
+
+#[test]
+fn quantize_cli_writes_a_deterministic_model_and_never_overwrites_its_input() {
+    let exe = env!("CARGO_BIN_EXE_onnx-ptq");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &Path| {
+        std::process::Command::new(exe)
+            .args([
+                "quantize",
+                root.join("cnn.onnx").to_str().unwrap(),
+                "--calib",
+            ])
+            .arg(root.join("cnn_calib"))
+            .arg("-o")
+            .arg(out)
+            .args(["-q"])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    for out in [&a, &b] {
+        let r = run(out);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(String::from_utf8_lossy(&r.stdout).contains("SQNR"));
+    }
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "reruns differ"
+    );
+    // The input model as output: refused, untouched.
+    let copy = dir.path().join("cnn.onnx");
+    std::fs::copy(root.join("cnn.onnx"), &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let r = std::process::Command::new(exe)
+        .args(["quantize", copy.to_str().unwrap(), "--calib"])
+        .arg(root.join("cnn_calib"))
+        .arg("-o")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+}
