@@ -44,6 +44,31 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, 
     })
 }
 
+/// Loads encoded ONNX bytes in tract, ignoring the file's output shapes and value_info: tract
+/// infers its own, and exporters' symbolic expressions there often fail to unify.
+pub fn load_bytes(bytes: &[u8]) -> Result<InferenceModel, String> {
+    tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true)
+        .model_for_read(&mut &bytes[..])
+        .map_err(|e| format!("tract could not load the model: {e:#}"))
+}
+
+/// ONNX names of a typed model's outputs, in order.
+pub fn output_names(typed: &TypedModel) -> Result<Vec<String>, String> {
+    Ok(typed
+        .output_outlets()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|o| {
+            typed
+                .outlet_label(*o)
+                .map(str::to_string)
+                .unwrap_or_else(|| typed.node(o.node).name.clone())
+        })
+        .collect())
+}
+
 /// tract's type for an ONNX element type, `None` for those tract cannot hold.
 pub fn datum_type(dt: DataType) -> Option<DatumType> {
     use DataType::*;
@@ -85,25 +110,10 @@ impl Runner {
         guard("loading the model in tract", || {
             use prost::Message;
             let bytes = model.encode_to_vec();
-            let inference = tract_onnx::onnx()
-                .with_ignore_output_shapes(true)
-                .with_ignore_value_info(true)
-                .model_for_read(&mut bytes.as_slice())
-                .map_err(|e| format!("tract could not load the model: {e:#}"))?;
-            let typed = inference
+            let typed = load_bytes(&bytes)?
                 .into_typed()
                 .map_err(|e| format!("tract could not type the model: {e:#}"))?;
-            let output_names = typed
-                .output_outlets()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .map(|o| {
-                    typed
-                        .outlet_label(*o)
-                        .map(str::to_string)
-                        .unwrap_or_else(|| typed.node(o.node).name.clone())
-                })
-                .collect();
+            let output_names = output_names(&typed)?;
             let outlets = typed.input_outlets().map_err(|e| e.to_string())?.to_vec();
             let input_slots = input_names
                 .iter()

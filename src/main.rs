@@ -338,7 +338,6 @@ fn run(cli: Cli) -> Result<Outcome> {
             let loaded = Model::load(&model)?;
             let inputs = onnx_ptq::calibrate::InputSpec::of_model(&loaded.proto)?;
             let source = calib.open(&inputs)?;
-            source.check_all()?;
             let ranges = ranges
                 .map(|p| onnx_ptq::calibrate::Ranges::load(&p))
                 .transpose()?;

@@ -89,14 +89,6 @@ impl Observer {
         .map_err(Error::Tract)
     }
 
-    fn load(bytes: &[u8]) -> std::result::Result<InferenceModel, String> {
-        tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| format!("tract could not load the model: {e:#}"))
-    }
-
     fn prepare(
         model: &ModelProto,
         inputs: Vec<InputSpec>,
@@ -110,7 +102,7 @@ impl Observer {
             .collect();
         onnx_names.extend(inputs.iter().map(|i| i.name.clone()));
         let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        match Self::load(&bytes)?.into_typed() {
+        match crate::engine::load_bytes(&bytes)?.into_typed() {
             Ok(typed) => {
                 for node in typed.nodes() {
                     for (slot, fact) in node.outputs.iter().enumerate() {
@@ -181,7 +173,7 @@ impl Observer {
     }
 
     fn build(&self, shapes: &[Vec<usize>]) -> std::result::Result<Built, String> {
-        let mut inference = Self::load(&self.bytes)?;
+        let mut inference = crate::engine::load_bytes(&self.bytes)?;
         let outlets = inference
             .input_outlets()
             .map_err(|e| e.to_string())?

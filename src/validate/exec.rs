@@ -5,7 +5,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::InferenceFact;
 
 use super::{ExecOptions, ExecSummary};
-use crate::engine::{datum_type, guard};
+use crate::engine::{datum_type, guard, load_bytes, output_names};
 use crate::graph::{tensor_type, Dim};
 use crate::onnx::dtype;
 use crate::onnx::pb::ModelProto;
@@ -22,11 +22,7 @@ const MAX_INPUT_ELEMENTS: u64 = 1 << 28;
 fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, String> {
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let bytes = model.encode_to_vec();
-    let mut inference = tract_onnx::onnx()
-        .with_ignore_output_shapes(true)
-        .with_ignore_value_info(true)
-        .model_for_read(&mut bytes.as_slice())
-        .map_err(|e| format!("tract could not load the model: {e:#}"))?;
+    let mut inference = load_bytes(&bytes)?;
     let mut fed = Vec::new();
     for (slot, outlet) in inference
         .input_outlets()
@@ -81,17 +77,7 @@ fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, St
     let typed = inference
         .into_typed()
         .map_err(|e| format!("tract could not type the model: {e:#}"))?;
-    let output_names: Vec<String> = typed
-        .output_outlets()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(|o| {
-            typed
-                .outlet_label(*o)
-                .map(str::to_string)
-                .unwrap_or_else(|| typed.node(o.node).name.clone())
-        })
-        .collect();
+    let output_names = output_names(&typed)?;
     let plan = typed
         .into_decluttered()
         .and_then(|m| m.into_runnable())

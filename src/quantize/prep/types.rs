@@ -97,11 +97,7 @@ fn facts(model: &ModelProto, dims: &BTreeMap<String, i64>) -> Result<Vec<(String
 fn load(model: &ModelProto, dims: &BTreeMap<String, i64>) -> Result<InferenceModel, String> {
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
     let bytes = model.encode_to_vec();
-    let mut inference = tract_onnx::onnx()
-        .with_ignore_output_shapes(true)
-        .with_ignore_value_info(true)
-        .model_for_read(&mut bytes.as_slice())
-        .map_err(|e| format!("tract could not load the model: {e:#}"))?;
+    let mut inference = crate::engine::load_bytes(&bytes)?;
     let inputs = inference
         .input_outlets()
         .map_err(|e| e.to_string())?
