@@ -6,6 +6,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::InferenceFact;
 
 use crate::onnx::pb::tensor_proto::DataType;
 
@@ -90,13 +91,27 @@ pub fn datum_type(dt: DataType) -> Option<DatumType> {
     })
 }
 
-/// A model ready to run in tract (optimized plan, symbolic input dims kept symbolic so that one
-/// plan runs every sample shape), with inputs and outputs addressed by ONNX name.
+/// Plan states keyed by the concrete input shapes they were typed for.
+type PlanCache = std::sync::Mutex<std::collections::HashMap<Vec<Vec<usize>>, Arc<Built>>>;
+
+/// A model ready to run in tract, with inputs and outputs addressed by ONNX name. A plan is
+/// typed for each distinct set of input shapes and cached: tract cannot always evaluate shape
+/// expressions over symbolic dims (a Slice bounded by the sequence length, a Concat of two
+/// differently rounded `height/32` expressions), while concrete shapes always type.
 pub struct Runner {
-    plan: std::sync::Arc<TypedSimplePlan>,
+    bytes: Vec<u8>,
+    input_names: Vec<String>,
+    optimize: bool,
+    output_names: Vec<String>,
+    plans: PlanCache,
+}
+
+struct Built {
+    plan: Arc<TypedSimplePlan>,
     /// tract input slot of each name given to [`Runner::new`], in that order.
     input_slots: Vec<usize>,
-    output_names: Vec<String>,
+    /// The ONNX tensor name each node output carries, by tract node and slot.
+    labels: Vec<Vec<Option<String>>>,
 }
 
 impl Runner {
@@ -107,39 +122,22 @@ impl Runner {
         input_names: &[String],
         optimize: bool,
     ) -> Result<Runner, String> {
+        use prost::Message;
+        let bytes = model.encode_to_vec();
+        let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+        let output_names = graph.output.iter().map(|o| o.name().to_string()).collect();
+        let runner = Runner {
+            bytes,
+            input_names: input_names.to_vec(),
+            optimize,
+            output_names,
+            plans: Default::default(),
+        };
+        // Fail early on a model tract cannot read at all.
         guard("loading the model in tract", || {
-            use prost::Message;
-            let bytes = model.encode_to_vec();
-            let typed = load_bytes(&bytes)?
-                .into_typed()
-                .map_err(|e| format!("tract could not type the model: {e:#}"))?;
-            let output_names = output_names(&typed)?;
-            let outlets = typed.input_outlets().map_err(|e| e.to_string())?.to_vec();
-            let input_slots = input_names
-                .iter()
-                .map(|name| {
-                    outlets
-                        .iter()
-                        .position(|o| typed.node(o.node).name == *name)
-                        .ok_or_else(|| format!("tract has no input named '{name}'"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let typed = if optimize {
-                typed
-                    .into_optimized()
-                    .map_err(|e| format!("tract could not optimize the model: {e:#}"))?
-            } else {
-                typed
-            };
-            let plan = typed
-                .into_runnable()
-                .map_err(|e| format!("tract could not plan the model: {e:#}"))?;
-            Ok(Runner {
-                plan,
-                input_slots,
-                output_names,
-            })
-        })
+            load_bytes(&runner.bytes).map(|_| ())
+        })?;
+        Ok(runner)
     }
 
     /// ONNX names of the outputs, in the order [`Runner::run`] returns them.
@@ -147,16 +145,113 @@ impl Runner {
         &self.output_names
     }
 
+    fn plan_for(&self, inputs: &[Tensor]) -> Result<Arc<Built>, String> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        if let Some(b) = self.plans.lock().ok().and_then(|p| p.get(&shapes).cloned()) {
+            return Ok(b);
+        }
+        let facts: Vec<InferenceFact> = inputs
+            .iter()
+            .map(|t| InferenceFact::dt_shape(t.datum_type(), t.shape()))
+            .collect();
+        let built = Arc::new(guard("typing the model in tract", || self.build(&facts))?);
+        if let Ok(mut p) = self.plans.lock() {
+            p.insert(shapes, built.clone());
+        }
+        Ok(built)
+    }
+
+    fn build(&self, facts: &[InferenceFact]) -> Result<Built, String> {
+        let mut inference = load_bytes(&self.bytes)?;
+        let outlets = inference
+            .input_outlets()
+            .map_err(|e| e.to_string())?
+            .to_vec();
+        let mut input_slots = Vec::with_capacity(self.input_names.len());
+        for (name, fact) in self.input_names.iter().zip(facts) {
+            let slot = outlets
+                .iter()
+                .position(|o| inference.node(o.node).name == *name)
+                .ok_or_else(|| format!("tract has no input named '{name}'"))?;
+            inference
+                .set_input_fact(slot, fact.clone())
+                .map_err(|e| format!("input '{name}': {e:#}"))?;
+            input_slots.push(slot);
+        }
+        let typed = inference
+            .into_typed()
+            .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+        let typed = if self.optimize {
+            typed
+                .into_optimized()
+                .map_err(|e| format!("tract could not optimize the model: {e:#}"))?
+        } else {
+            typed
+        };
+        let labels = typed
+            .nodes()
+            .iter()
+            .map(|n| {
+                (0..n.outputs.len())
+                    .map(|slot| {
+                        typed
+                            .outlet_label(OutletId::new(n.id, slot))
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .collect();
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| format!("tract could not plan the model: {e:#}"))?;
+        Ok(Built {
+            plan,
+            input_slots,
+            labels,
+        })
+    }
+
     /// Runs one sample; `inputs` in the order of the names given to [`Runner::new`].
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        self.run_observing(inputs, &mut |_, _| Ok(()))
+    }
+
+    /// Runs one sample and shows `observe` every labelled intermediate value (by ONNX tensor
+    /// name) as it is computed; values are not kept beyond the call.
+    pub fn run_observing(
+        &self,
+        inputs: Vec<Tensor>,
+        observe: &mut dyn FnMut(&str, &TValue) -> Result<(), String>,
+    ) -> Result<Vec<Tensor>, String> {
+        let built = self.plan_for(&inputs)?;
         guard("running the model in tract", || {
-            let mut ordered: Vec<Option<TValue>> = vec![None; self.input_slots.len()];
+            let mut ordered: Vec<Option<TValue>> = vec![None; built.input_slots.len()];
             for (i, t) in inputs.into_iter().enumerate() {
-                let slot = *self.input_slots.get(i).ok_or("too many inputs")?;
+                let slot = *built.input_slots.get(i).ok_or("too many inputs")?;
                 ordered[slot] = Some(t.into_tvalue());
             }
             let inputs: TVec<TValue> = ordered.into_iter().flatten().collect();
-            let outputs = self.plan.run(inputs).map_err(|e| format!("{e:#}"))?;
+            let mut state = built.plan.spawn().map_err(|e| format!("{e:#}"))?;
+            let labels = &built.labels;
+            let mut failure: Option<String> = None;
+            let outputs = state
+                .run_plan_with_eval(inputs, |ctx, op_state, node, ins| {
+                    let outs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, ins)?;
+                    if failure.is_none() {
+                        for (slot, value) in outs.iter().enumerate() {
+                            if let Some(Some(name)) = labels[node.id].get(slot) {
+                                if let Err(e) = observe(name, value) {
+                                    failure = Some(e);
+                                }
+                            }
+                        }
+                    }
+                    Ok::<_, anyhow::Error>(outs)
+                })
+                .map_err(|e| format!("{e:#}"))?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
             Ok(outputs.into_iter().map(|v| v.into_tensor()).collect())
         })
     }

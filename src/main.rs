@@ -273,14 +273,20 @@ fn print_summary(s: &onnx_ptq::quantize::QuantizeReport, out: &std::path::Path) 
         s.rewrite.weights,
         s.rewrite.biases
     );
-    let mut reasons: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    // One line per reason, listing the op types it kept float: a model has hundreds of shape
+    // nodes, and the report file has each node by name.
+    let mut reasons: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
     for f in &s.float_nodes {
         *reasons
-            .entry((f.op_type.clone(), f.reason.clone()))
+            .entry(f.kind.as_str())
+            .or_default()
+            .entry(f.op_type.as_str())
             .or_default() += 1;
     }
-    for ((op, reason), n) in reasons {
-        println!("float: {n} {op}: {reason}");
+    for (reason, ops) in reasons {
+        let n: usize = ops.values().sum();
+        let ops: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        println!("float: {n} nodes, {reason}: {}", ops.join(", "));
     }
     for (name, m) in &s.outputs {
         println!(

@@ -44,7 +44,9 @@ pub struct FloatNode {
     pub node: String,
     /// Op type.
     pub op_type: String,
-    /// Why it was not quantized.
+    /// Why it was not quantized, without tensor names (for grouping).
+    pub kind: String,
+    /// Why it was not quantized, naming the tensor concerned.
     pub reason: String,
 }
 
@@ -154,6 +156,7 @@ pub fn quantize(
         .map(|(&n, reason)| FloatNode {
             node: node_label(&graph.node[n]),
             op_type: graph.node[n].op_type().to_string(),
+            kind: reason.kind().to_string(),
             reason: reason.to_string(),
         })
         .collect();

@@ -68,18 +68,44 @@ pub enum FloatReason {
     Excluded,
     /// The input model already has QuantizeLinear/DequantizeLinear here.
     AlreadyQuantized,
-    /// An input or output cannot be quantized (not float, no range, weight not constant...).
-    Unquantizable(String),
+    /// An input or output is not a float tensor (shapes, indices, masks).
+    NotFloat(String),
+    /// A float input or output has no calibrated range (it was never computed from the data,
+    /// such as a grid built from constants and shapes only).
+    NoRange(String),
+    /// A weight input is not a float constant.
+    WeightNotConstant(String),
+    /// The output shares the parameters of an input that is not quantized.
+    InputNotQuantized(usize),
+}
+
+impl FloatReason {
+    /// The reason without tensor names, for grouping nodes in a summary.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FloatReason::NoRule => "no quantization rule for this op",
+            FloatReason::OtherDomain(_) => "outside the default domain, never touched",
+            FloatReason::Excluded => "excluded by the user",
+            FloatReason::AlreadyQuantized => "already quantized in the input model",
+            FloatReason::NotFloat(_) => "works on non-float tensors (shapes, indices, masks)",
+            FloatReason::NoRange(_) => {
+                "no calibrated range (computed from constants or shapes only)"
+            }
+            FloatReason::WeightNotConstant(_) => "weight is not a float constant",
+            FloatReason::InputNotQuantized(_) => "shares the parameters of an input left float",
+        }
+    }
 }
 
 impl fmt::Display for FloatReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FloatReason::NoRule => f.write_str("no quantization rule for this op"),
             FloatReason::OtherDomain(d) => write!(f, "domain '{d}' is never touched"),
-            FloatReason::Excluded => f.write_str("excluded by the user"),
-            FloatReason::AlreadyQuantized => f.write_str("already quantized in the input model"),
-            FloatReason::Unquantizable(why) => f.write_str(why),
+            FloatReason::NotFloat(t) => write!(f, "'{t}' is not a float tensor"),
+            FloatReason::NoRange(t) => write!(f, "no calibrated range for '{t}'"),
+            FloatReason::WeightNotConstant(t) => write!(f, "weight '{t}' is not a float constant"),
+            FloatReason::InputNotQuantized(i) => write!(f, "input {i} is not quantized"),
+            other => f.write_str(other.kind()),
         }
     }
 }
@@ -146,10 +172,14 @@ struct Decision {
     biases: Vec<(BiasUse, usize)>,
 }
 
-fn is_float(index: &GraphIndex, name: &str) -> bool {
-    index
-        .tensor_type(name)
-        .is_some_and(|t| t.elem_type == DataType::Float)
+/// Whether `name` holds float values: declared so, or observed as float during calibration
+/// (only float tensors are observed, and calibration types the model with concrete shapes,
+/// which succeeds where symbolic type inference gives up).
+fn is_float(index: &GraphIndex, range: &dyn Fn(&str) -> Option<(f32, f32)>, name: &str) -> bool {
+    range(name).is_some()
+        || index
+            .tensor_type(name)
+            .is_some_and(|t| t.elem_type == DataType::Float)
 }
 
 fn is_constant(index: &GraphIndex, name: &str) -> bool {
@@ -202,7 +232,6 @@ fn decide(
         return Err(FloatReason::AlreadyQuantized);
     }
     let rule: &OpRule = rule_for(node.op_type()).ok_or(FloatReason::NoRule)?;
-    let bad = |why: String| FloatReason::Unquantizable(why);
     let act_params = |t: &str| -> Option<ActParams> {
         so_far.activations.get(t).copied().or_else(|| {
             range(t)
@@ -232,17 +261,16 @@ fn decide(
         match role {
             InputRole::Skip => {}
             InputRole::Act => {
-                if !is_float(index, name) {
-                    return Err(bad(format!("input '{name}' is not a float tensor")));
+                if !is_float(index, range, name) {
+                    return Err(FloatReason::NotFloat(name.clone()));
                 }
-                let params = act_params(name)
-                    .ok_or_else(|| bad(format!("no calibrated range for input '{name}'")))?;
+                let params = act_params(name).ok_or_else(|| FloatReason::NoRange(name.clone()))?;
                 input_params[i] = Some(params);
                 d.params.push((name.clone(), params));
             }
             InputRole::Weight(axis) => {
-                if !is_constant(index, name) || !is_float(index, name) {
-                    return Err(bad(format!("weight '{name}' is not a float constant")));
+                if !is_constant(index, name) || !is_float(index, range, name) {
+                    return Err(FloatReason::WeightNotConstant(name.clone()));
                 }
                 let rank = index
                     .tensor_type(name)
@@ -269,7 +297,7 @@ fn decide(
                 let (Some(w), Some(Some(_))) = (weight_of_node, input_params.first()) else {
                     continue; // no weight or no quantized input: the bias stays float
                 };
-                if !is_constant(index, name) || !is_float(index, name) {
+                if !is_constant(index, name) || !is_float(index, range, name) {
                     continue;
                 }
                 let alpha = attr::float(node, "alpha").ok().flatten().unwrap_or(1.0);
@@ -289,17 +317,16 @@ fn decide(
     }
     d.n_weights = d.weights.len();
     for out in node.output.iter().filter(|o| !o.is_empty()) {
-        if !is_float(index, out) {
-            return Err(bad(format!("output '{out}' is not a float tensor")));
+        if !is_float(index, range, out) {
+            return Err(FloatReason::NotFloat(out.clone()));
         }
         let params = match rule.output {
-            OutputRole::Own => act_params(out)
-                .ok_or_else(|| bad(format!("no calibrated range for output '{out}'")))?,
+            OutputRole::Own => act_params(out).ok_or_else(|| FloatReason::NoRange(out.clone()))?,
             OutputRole::SameAsInput(i) => input_params
                 .get(i)
                 .copied()
                 .flatten()
-                .ok_or_else(|| bad(format!("input {i} is not quantized")))?,
+                .ok_or(FloatReason::InputNotQuantized(i))?,
             OutputRole::FixedRange(lo, hi) => ActParams::from_range(lo, hi, config.activations),
         };
         d.params.push((out.clone(), params));

@@ -35,6 +35,8 @@ pub struct RewriteStats {
     pub absorbed: usize,
     /// Bias channels whose weight scale was raised so the bias fits in int32.
     pub bias_overflow_fixes: usize,
+    /// Constant tensors used as activations, stored quantized.
+    pub constants_folded: usize,
 }
 
 fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -83,6 +85,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     let mut stats = RewriteStats::default();
     let original = graph.clone();
     let index = GraphIndex::new(&original);
+    let inputs: HashSet<&str> = original.input.iter().map(|i| i.name()).collect();
     let outputs: HashSet<String> = original
         .output
         .iter()
@@ -110,6 +113,14 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
         new_inits.push(tensor::from_f32(&scale, &[], &[p.scale]));
         new_inits.push(act_zero_point(&zp, p));
         let q_out = names.fresh(&format!("{t}_quantized"));
+        if let Some(folded) = fold_constant_activation(&index, &inputs, t, &q_out, p)? {
+            // A constant read as an activation (an Add's bias, an embedding table): stored
+            // quantized instead of quantized at every run, so the file shrinks too.
+            new_inits.push(folded);
+            quantized_name.insert(t.clone(), [q_out, scale, zp]);
+            stats.constants_folded += 1;
+            continue;
+        }
         let producer = match index.producer(t) {
             Some(crate::graph::Producer::Node { node, .. }) => Some(node),
             _ => None,
@@ -319,6 +330,48 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     graph.initializer.extend(new_inits);
     remove_unused_initializers(graph);
     Ok(stats)
+}
+
+/// The quantized initializer replacing constant `name` when it is an initializer that cannot
+/// be overridden (not a graph input), else `None`.
+fn fold_constant_activation(
+    index: &GraphIndex,
+    graph_inputs: &HashSet<&str>,
+    name: &str,
+    quantized_name: &str,
+    p: &ActParams,
+) -> Result<Option<TensorProto>> {
+    if graph_inputs.contains(name)
+        || !matches!(
+            index.producer(name),
+            Some(crate::graph::Producer::Initializer(_))
+        )
+    {
+        return Ok(None);
+    }
+    let Some(t) = index.constant(name) else {
+        return Ok(None);
+    };
+    let values = tensor::to_f32(&t).map_err(|e| Error::Model(format!("tensor '{name}': {e}")))?;
+    let (lo, hi) = p.qrange();
+    let q = values.iter().map(|&v| {
+        // QuantizeLinear's rounding: half to even, then saturate.
+        ((v / p.scale).round_ties_even() as i64 + p.zero_point as i64).clamp(lo as i64, hi as i64)
+    });
+    Ok(Some(match p.ty {
+        ActType::U8 => tensor::from_raw(
+            quantized_name,
+            DataType::Uint8,
+            &t.dims,
+            q.map(|v| v as u8).collect(),
+        ),
+        ActType::S8 => tensor::from_raw(
+            quantized_name,
+            DataType::Int8,
+            &t.dims,
+            q.map(|v| v as i8 as u8).collect(),
+        ),
+    }))
 }
 
 /// Scale of a bias's activation input, following the rename of an absorbed Relu.

@@ -114,6 +114,8 @@ def make_samples():
         (only,) = inputs
         return [{only.name: x} for x in photos(args.samples, args.size)]
     tok = tokenizer()
+    # tokenizer.json pads to 128 tokens; each sample keeps its own length instead.
+    tok.no_padding()
     out = []
     for sentence in sentences(args.samples):
         enc = tok.encode(sentence)

@@ -162,6 +162,16 @@ fn tensor_type_proto(dt: DatumType, shape: &[TDim]) -> Option<TypeProto> {
     })
 }
 
+fn element_type_proto(dt: DatumType) -> Option<TypeProto> {
+    Some(TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: Some(onnx_type(dt)? as i32),
+            shape: None,
+        })),
+        ..Default::default()
+    })
+}
+
 fn typed_facts(typed: &TypedModel) -> Vec<(String, TypeProto)> {
     let mut facts = Vec::new();
     for node in typed.nodes() {
@@ -184,11 +194,17 @@ fn inference_facts(inference: &InferenceModel) -> Vec<(String, TypeProto)> {
         for (slot, output) in node.outputs.iter().enumerate() {
             let label = inference.outlet_label(OutletId::new(node.id, slot));
             let dt = output.fact.datum_type.concretize();
-            let shape = output.fact.shape.concretize();
-            if let (Some(label), Some(dt), Some(shape)) = (label, dt, shape) {
-                if let Some(t) = tensor_type_proto(dt, &shape) {
-                    facts.push((label.to_string(), t));
-                }
+            let (Some(label), Some(dt)) = (label, dt) else {
+                continue;
+            };
+            // The element type alone is what planning needs most (float or not), so it is
+            // recorded even when the analysis could not settle the shape.
+            let t = match output.fact.shape.concretize() {
+                Some(shape) => tensor_type_proto(dt, &shape),
+                None => element_type_proto(dt),
+            };
+            if let Some(t) = t {
+                facts.push((label.to_string(), t));
             }
         }
     }
