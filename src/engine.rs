@@ -99,7 +99,9 @@ type PlanCache = std::sync::Mutex<std::collections::HashMap<Vec<Vec<usize>>, Arc
 /// expressions over symbolic dims (a Slice bounded by the sequence length, a Concat of two
 /// differently rounded `height/32` expressions), while concrete shapes always type.
 pub struct Runner {
-    bytes: Vec<u8>,
+    /// Parsed once: re-reading the protobuf for every shape costs more than typing (a 66 MB
+    /// transformer took seconds per shape, mostly in page faults).
+    inference: InferenceModel,
     input_names: Vec<String>,
     optimize: bool,
     output_names: Vec<String>,
@@ -123,21 +125,18 @@ impl Runner {
         optimize: bool,
     ) -> Result<Runner, String> {
         use prost::Message;
-        let bytes = model.encode_to_vec();
         let graph = model.graph.as_ref().ok_or("the model has no graph")?;
         let output_names = graph.output.iter().map(|o| o.name().to_string()).collect();
-        let runner = Runner {
-            bytes,
+        let inference = guard("loading the model in tract", || {
+            load_bytes(&model.encode_to_vec())
+        })?;
+        Ok(Runner {
+            inference,
             input_names: input_names.to_vec(),
             optimize,
             output_names,
             plans: Default::default(),
-        };
-        // Fail early on a model tract cannot read at all.
-        guard("loading the model in tract", || {
-            load_bytes(&runner.bytes).map(|_| ())
-        })?;
-        Ok(runner)
+        })
     }
 
     /// ONNX names of the outputs, in the order [`Runner::run`] returns them.
@@ -162,7 +161,7 @@ impl Runner {
     }
 
     fn build(&self, facts: &[InferenceFact]) -> Result<Built, String> {
-        let mut inference = load_bytes(&self.bytes)?;
+        let mut inference = self.inference.clone();
         let outlets = inference
             .input_outlets()
             .map_err(|e| e.to_string())?

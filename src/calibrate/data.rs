@@ -159,15 +159,17 @@ pub struct Sample {
 }
 
 /// A listed, not yet loaded, set of calibration samples.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DataSource {
     kind: SourceKind,
     root: PathBuf,
     inputs: Vec<InputSpec>,
     items: Items,
+    /// The listed samples this source covers (all of them unless split).
+    window: std::ops::Range<usize>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Items {
     /// One file (or test-data folder) per sample, sorted.
     Files(Vec<PathBuf>),
@@ -242,11 +244,16 @@ impl DataSource {
                 Items::Stack(stack) => stack.truncate(limit),
             }
         }
+        let listed = match &items {
+            Items::Files(files) | Items::Images(files, _) => files.len(),
+            Items::Stack(stack) => stack.rows(),
+        };
         let source = DataSource {
             kind,
             root: path.to_path_buf(),
             inputs: inputs.to_vec(),
             items,
+            window: 0..listed,
         };
         if source.is_empty() {
             let message = match limit {
@@ -265,10 +272,30 @@ impl DataSource {
 
     /// Number of samples (after the limit).
     pub fn len(&self) -> usize {
-        match &self.items {
-            Items::Files(files) | Items::Images(files, _) => files.len(),
-            Items::Stack(stack) => stack.rows(),
+        self.window.len()
+    }
+
+    /// The first `n` samples (all of them when there are fewer).
+    pub fn head(&self, n: usize) -> DataSource {
+        let mut head = self.clone();
+        head.window = self.window.start..self.window.start + n.min(self.len());
+        head
+    }
+
+    /// Splits off the last `held_out` samples, keeping at least one on each side: returns
+    /// (the first part, the held-out part). A single sample cannot be split and is both.
+    pub fn split_tail(&self, held_out: usize) -> (DataSource, DataSource) {
+        let n = self.len();
+        if n < 2 {
+            return (self.clone(), self.clone());
         }
+        let held_out = held_out.clamp(1, n - 1);
+        let cut = self.window.start + n - held_out;
+        let mut head = self.clone();
+        head.window = self.window.start..cut;
+        let mut tail = self.clone();
+        tail.window = cut..self.window.end;
+        (head, tail)
     }
 
     /// Whether there are no samples (never true for an opened source).
@@ -289,6 +316,7 @@ impl DataSource {
                 ),
             ));
         }
+        let index = self.window.start + index;
         let (label, loaded) = match &self.items {
             Items::Files(files) => {
                 let file = &files[index];

@@ -62,7 +62,9 @@ struct Built {
 /// cannot always evaluate shape expressions over symbolic dims, such as a Slice bounded by the
 /// sequence length), whose node outputs are mapped back to ONNX tensor names.
 pub struct Observer {
-    bytes: Vec<u8>,
+    /// The model as tract read it, cloned for each set of sample shapes (parsing the protobuf
+    /// again per shape dominated calibration time on large models).
+    inference: InferenceModel,
     /// ONNX tensor names a node output may carry (tract labels the sub-nodes of ops it
     /// expands with derived names; only the last one carries the ONNX name).
     onnx_names: std::collections::HashSet<String>,
@@ -102,7 +104,8 @@ impl Observer {
             .collect();
         onnx_names.extend(inputs.iter().map(|i| i.name.clone()));
         let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        match crate::engine::load_bytes(&bytes)?.into_typed() {
+        let inference = crate::engine::load_bytes(&bytes)?;
+        match inference.clone().into_typed() {
             Ok(typed) => {
                 for node in typed.nodes() {
                     for (slot, fact) in node.outputs.iter().enumerate() {
@@ -139,7 +142,7 @@ impl Observer {
             .map(|s| tensor_index.get(&s.name).copied())
             .collect();
         Ok(Observer {
-            bytes,
+            inference,
             onnx_names,
             tensors,
             tensor_index,
@@ -173,7 +176,7 @@ impl Observer {
     }
 
     fn build(&self, shapes: &[Vec<usize>]) -> std::result::Result<Built, String> {
-        let mut inference = crate::engine::load_bytes(&self.bytes)?;
+        let mut inference = self.inference.clone();
         let outlets = inference
             .input_outlets()
             .map_err(|e| e.to_string())?

@@ -18,8 +18,7 @@ pub use plan::{FloatReason, Plan, PlanConfig};
 pub use rewrite::RewriteStats;
 
 use crate::calibrate::{CalibrationConfig, Calibrator, DataSource, Ranges};
-use crate::compare::{ErrorAccumulator, ErrorMetrics};
-use crate::engine::Runner;
+use crate::compare::ErrorMetrics;
 use crate::error::{Error, Result};
 use crate::onnx::pb::ModelProto;
 use crate::onnx::walk::node_label;
@@ -87,6 +86,43 @@ pub struct QuantizeReport {
     pub outputs: BTreeMap<String, ErrorMetrics>,
     /// Samples used for `outputs`.
     pub compared_samples: usize,
+    /// Wall time of each stage, in seconds.
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Drops the `value_info` entries that preparation inferred for planning: the runtime infers
+/// them itself, and on a small CNN they weigh several percent of the file. Entries the input
+/// model declared stay.
+fn keep_declared_value_info(quantized: &mut ModelProto, original: &ModelProto) {
+    let declared: std::collections::HashSet<&str> = original
+        .graph
+        .iter()
+        .flat_map(|g| g.value_info.iter().map(|v| v.name()))
+        .collect();
+    if let Some(g) = quantized.graph.as_mut() {
+        g.value_info.retain(|v| declared.contains(v.name()));
+    }
+}
+
+/// Wall time per stage, for the report.
+struct Clock {
+    last: Instant,
+    laps: BTreeMap<String, f64>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            last: Instant::now(),
+            laps: BTreeMap::new(),
+        }
+    }
+
+    fn lap(&mut self, stage: &str) {
+        let now = Instant::now();
+        *self.laps.entry(stage.to_string()).or_default() += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
 }
 
 /// Quantizes `model` with calibration data `source` (or the given `ranges`), returning the
@@ -99,6 +135,7 @@ pub fn quantize(
     config: &QuantizeConfig,
 ) -> Result<(ModelProto, QuantizeReport)> {
     let bytes_before = model.encoded_len() as u64;
+    let mut clock = Clock::start();
     let mut prepared = model.clone();
     let prep_report = prep::prepare(&mut prepared)?;
     let opset_before = crate::graph::Opsets::new(&prepared.opset_import)
@@ -128,6 +165,7 @@ pub fn quantize(
     let opset_after = crate::graph::Opsets::new(&prepared.opset_import)
         .default_domain()
         .unwrap_or(0);
+    clock.lap("prepare");
 
     let (ranges, calibration_seconds) = match ranges {
         Some(r) => (r, 0.0),
@@ -138,6 +176,7 @@ pub fn quantize(
             (r, start.elapsed().as_secs_f64())
         }
     };
+    clock.lap("calibrate");
     let graph = prepared
         .graph
         .as_ref()
@@ -163,6 +202,8 @@ pub fn quantize(
     let mut quantized = prepared.clone();
     let stats = rewrite::rewrite(&mut quantized, &plan)?;
 
+    keep_declared_value_info(&mut quantized, model);
+    clock.lap("plan and rewrite");
     // Validate before anything is written: structure, then a run in tract on a real sample.
     let findings = validate::check_structure(&quantized);
     if validate::has_errors(&findings) {
@@ -172,9 +213,18 @@ pub fn quantize(
             text.join("\n  ")
         )));
     }
-    let (outputs, compared_samples) =
-        compare_outputs(model, &quantized, source, config.compare_samples)?;
+    let compared = crate::compare::compare_models(
+        model,
+        &quantized,
+        &source.head(config.compare_samples.max(1)),
+        &crate::compare::CompareConfig {
+            per_layer: false,
+            latency_runs: 0,
+        },
+    )?;
+    clock.lap("validate and compare");
     let report = QuantizeReport {
+        seconds: clock.laps,
         prep: prep_report,
         opset_before,
         opset_after,
@@ -190,66 +240,12 @@ pub fn quantize(
         rewrite: stats,
         bytes_before,
         bytes_after: quantized.encoded_len() as u64,
-        outputs,
-        compared_samples,
+        outputs: compared
+            .outputs
+            .into_iter()
+            .filter(|(_, m)| m.values > 0)
+            .collect(),
+        compared_samples: compared.samples,
     };
     Ok((quantized, report))
-}
-
-/// Runs both models in tract on the first `limit` samples and compares every output.
-pub fn compare_outputs(
-    reference: &ModelProto,
-    test: &ModelProto,
-    source: &DataSource,
-    limit: usize,
-) -> Result<(BTreeMap<String, ErrorMetrics>, usize)> {
-    let names: Vec<String> = crate::calibrate::InputSpec::of_model(reference)?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let a = Runner::new(reference, &names, true).map_err(Error::Tract)?;
-    // tract's optimizer rewrites QDQ graphs into something that computes different values
-    // (measured: -14 dB where onnxruntime and tract's unoptimized plan agree on 32 dB), so the
-    // quantized model runs unoptimized.
-    let b = Runner::new(test, &names, false).map_err(Error::Tract)?;
-    let mut acc: Vec<ErrorAccumulator> = vec![ErrorAccumulator::default(); a.output_names().len()];
-    let n = source.len().min(limit.max(1));
-    for i in 0..n {
-        let sample = source.load(i)?;
-        let ra = a.run(sample.inputs.clone()).map_err(Error::Tract)?;
-        let rb = b.run(sample.inputs).map_err(|e| {
-            Error::Tract(format!(
-                "the quantized model failed on {}: {e}",
-                sample_label(source, i)
-            ))
-        })?;
-        for ((acc, x), y) in acc.iter_mut().zip(&ra).zip(&rb) {
-            let (Ok(x), Ok(y)) = (x.cast_to::<f32>(), y.cast_to::<f32>()) else {
-                continue;
-            };
-            let (Ok(xv), Ok(yv)) = (x.try_as_plain_ram(), y.try_as_plain_ram()) else {
-                continue;
-            };
-            let (Ok(xs), Ok(ys)) = (xv.as_slice::<f32>(), yv.as_slice::<f32>()) else {
-                continue;
-            };
-            let classes = (x.rank() == 2).then(|| x.shape()[1]);
-            acc.add(xs, ys, classes);
-        }
-    }
-    Ok((
-        a.output_names()
-            .iter()
-            .cloned()
-            .zip(acc.iter().map(ErrorAccumulator::metrics))
-            .collect(),
-        n,
-    ))
-}
-
-fn sample_label(source: &DataSource, i: usize) -> String {
-    source
-        .load(i)
-        .map(|s| s.label)
-        .unwrap_or_else(|_| format!("sample {i}"))
 }

@@ -15,8 +15,27 @@ use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor;
 
-/// Names of a folded constant's quantized tensor, scale and zero point, and its DQ axis.
-type Folded = (String, String, String, Option<usize>);
+// Suffixes of the names the rewrite adds to a tensor's name. Short, because a small CNN holds
+// hundreds of them and they would otherwise weigh a visible share of the file.
+/// The quantized tensor (integer initializer or QuantizeLinear output).
+const QUANTIZED: &str = "_q";
+/// A scale initializer.
+const SCALE: &str = "_s";
+/// A zero-point initializer.
+const ZERO_POINT: &str = "_zp";
+/// A DequantizeLinear output.
+const DEQUANTIZED: &str = "_dq";
+/// A QuantizeLinear node.
+const Q_NODE: &str = "_Q";
+/// A DequantizeLinear node.
+const DQ_NODE: &str = "_DQ";
+/// A quantized graph output's float value, before its QuantizeLinear.
+const FLOAT: &str = "_float";
+
+/// Names of a folded weight's or bias's quantized tensor and scale, and its DQ axis. They are
+/// symmetric: no zero point is written, DequantizeLinear's default of 0 applies (a per-channel
+/// zero-point tensor per weight and bias cost about 2 % of a small CNN's file).
+type Folded = (String, String, Option<usize>);
 /// A weight's distinct quantization: tensor, axis and the bits of its scales.
 type WeightKey = (String, Option<usize>, Vec<u32>);
 
@@ -51,7 +70,7 @@ fn attr_int(name: &str, v: i64) -> AttributeProto {
 fn qdq_node(
     op: &str,
     name: String,
-    inputs: [String; 3],
+    inputs: &[String],
     output: String,
     axis: Option<usize>,
 ) -> NodeProto {
@@ -108,11 +127,11 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     // the output's own name so that the graph's interface does not change.
     let mut producer_renames: HashMap<String, String> = HashMap::new();
     for (t, p) in &plan.activations {
-        let scale = names.fresh(&format!("{t}_scale"));
-        let zp = names.fresh(&format!("{t}_zero_point"));
+        let scale = names.fresh(&format!("{t}{SCALE}"));
+        let zp = names.fresh(&format!("{t}{ZERO_POINT}"));
         new_inits.push(tensor::from_f32(&scale, &[], &[p.scale]));
         new_inits.push(act_zero_point(&zp, p));
-        let q_out = names.fresh(&format!("{t}_quantized"));
+        let q_out = names.fresh(&format!("{t}{QUANTIZED}"));
         if let Some(folded) = fold_constant_activation(&index, &inputs, t, &q_out, p)? {
             // A constant read as an activation (an Add's bias, an embedding table): stored
             // quantized instead of quantized at every run, so the file shrinks too.
@@ -126,26 +145,26 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             _ => None,
         };
         let source = if outputs.contains(t) && producer.is_some() {
-            let pre = names.fresh(&format!("{t}_float"));
+            let pre = names.fresh(&format!("{t}{FLOAT}"));
             producer_renames.insert(t.clone(), pre.clone());
             pre
         } else {
             t.clone()
         };
-        let q_name = names.fresh(&format!("{t}_QuantizeLinear"));
+        let q_name = names.fresh(&format!("{t}{Q_NODE}"));
         let mut after = vec![qdq_node(
             "QuantizeLinear",
             q_name,
-            [source.clone(), scale.clone(), zp.clone()],
+            &[source.clone(), scale.clone(), zp.clone()],
             q_out.clone(),
             None,
         )];
         if source != *t {
-            let dq_name = names.fresh(&format!("{t}_DequantizeLinear"));
+            let dq_name = names.fresh(&format!("{t}{DQ_NODE}"));
             after.push(qdq_node(
                 "DequantizeLinear",
                 dq_name,
-                [q_out.clone(), scale.clone(), zp.clone()],
+                &[q_out.clone(), scale.clone(), zp.clone()],
                 t.clone(),
                 None,
             ));
@@ -157,7 +176,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     }
 
     // Weights, once per distinct (tensor, axis, scales).
-    let mut weight_cache: HashMap<WeightKey, (String, String, String)> = HashMap::new();
+    let mut weight_cache: HashMap<WeightKey, (String, String)> = HashMap::new();
     let mut weight_scales: Vec<QuantizedWeight> = Vec::with_capacity(plan.weights.len());
     let mut weight_inputs: HashMap<(usize, usize), Folded> = HashMap::new();
     let constant = |name: &str| -> Result<(Vec<f32>, Vec<i64>)> {
@@ -198,9 +217,8 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             qw.scales.iter().map(|s| s.to_bits()).collect(),
         );
         let entry = weight_cache.entry(key).or_insert_with(|| {
-            let q = names.fresh(&format!("{}_quantized", w.tensor));
-            let s = names.fresh(&format!("{}_scale", w.tensor));
-            let z = names.fresh(&format!("{}_zero_point", w.tensor));
+            let q = names.fresh(&format!("{}{QUANTIZED}", w.tensor));
+            let s = names.fresh(&format!("{}{SCALE}", w.tensor));
             let c = channels(&dims, w.axis);
             let sdims: Vec<i64> = if w.axis.is_some() {
                 vec![c as i64]
@@ -214,13 +232,12 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
                 qw.values.iter().map(|&v| v as u8).collect(),
             ));
             new_inits.push(tensor::from_f32(&s, &sdims, &qw.scales));
-            new_inits.push(tensor::from_raw(&z, DataType::Int8, &sdims, vec![0; c]));
             stats.weights += 1;
-            (q, s, z)
+            (q, s)
         });
         weight_inputs.insert(
             (w.node, w.input),
-            (entry.0.clone(), entry.1.clone(), entry.2.clone(), w.axis),
+            (entry.0.clone(), entry.1.clone(), w.axis),
         );
         weight_scales.push(qw);
     }
@@ -235,9 +252,8 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
                 b.tensor
             ))
         })?;
-        let qn = names.fresh(&format!("{}_quantized", b.tensor));
-        let sn = names.fresh(&format!("{}_scale", b.tensor));
-        let zn = names.fresh(&format!("{}_zero_point", b.tensor));
+        let qn = names.fresh(&format!("{}{QUANTIZED}", b.tensor));
+        let sn = names.fresh(&format!("{}{SCALE}", b.tensor));
         let per_channel = qw.axis.is_some();
         let sdims: Vec<i64> = if per_channel {
             vec![scales.len() as i64]
@@ -249,7 +265,6 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
         } else {
             vec![scales.first().copied().unwrap_or(1.0)]
         };
-        let zeros = if per_channel { scales.len() } else { 1 };
         new_inits.push(tensor::from_raw(
             &qn,
             DataType::Int32,
@@ -257,14 +272,8 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             q.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ));
         new_inits.push(tensor::from_f32(&sn, &sdims, &scales));
-        new_inits.push(tensor::from_raw(
-            &zn,
-            DataType::Int32,
-            &sdims,
-            vec![0; 4 * zeros],
-        ));
         stats.biases += 1;
-        bias_inputs.insert((b.node, b.input), (qn, sn, zn, per_channel.then_some(0)));
+        bias_inputs.insert((b.node, b.input), (qn, sn, per_channel.then_some(0)));
     }
 
     // Rebuild the node list in order: Q for quantized graph inputs first, then for each node
@@ -285,13 +294,13 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             let folded = weight_inputs
                 .get(&(n, slot))
                 .or_else(|| bias_inputs.get(&(n, slot)));
-            if let Some((q, s, z, axis)) = folded {
-                let out = names.fresh(&format!("{input}_dequantized"));
-                let dq = names.fresh(&format!("{input}_DequantizeLinear"));
+            if let Some((q, s, axis)) = folded {
+                let out = names.fresh(&format!("{input}{DEQUANTIZED}"));
+                let dq = names.fresh(&format!("{input}{DQ_NODE}"));
                 nodes.push(qdq_node(
                     "DequantizeLinear",
                     dq,
-                    [q.clone(), s.clone(), z.clone()],
+                    &[q.clone(), s.clone()],
                     out.clone(),
                     *axis,
                 ));
@@ -303,12 +312,12 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
                 continue; // reads the restored graph output, already dequantized
             }
             if let Some(qsz) = quantized_name.get(input.as_str()) {
-                let out = names.fresh(&format!("{input}_dequantized"));
-                let dq = names.fresh(&format!("{input}_DequantizeLinear"));
+                let out = names.fresh(&format!("{input}{DEQUANTIZED}"));
+                let dq = names.fresh(&format!("{input}{DQ_NODE}"));
                 nodes.push(qdq_node(
                     "DequantizeLinear",
                     dq,
-                    qsz.clone(),
+                    &qsz[..],
                     out.clone(),
                     None,
                 ));

@@ -241,7 +241,7 @@ fn list(names: &[String]) -> String {
 }
 
 /// One `.npy` file whose first axis is the sample axis, read one row at a time.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Stack {
     path: PathBuf,
     header: NpyHeader,
