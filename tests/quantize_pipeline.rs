@@ -45,6 +45,8 @@ fn fixtures_quantize_to_valid_int8_models_close_to_fp32() {
                 per_channel: true,
                 exclude_nodes: BTreeSet::new(),
                 exclude_op_types: BTreeSet::new(),
+                overrides: Default::default(),
+                fallback: Default::default(),
             },
             calibration: CalibrationConfig {
                 method: RangeMethod::MinMax,
@@ -54,6 +56,7 @@ fn fixtures_quantize_to_valid_int8_models_close_to_fp32() {
                 progress: false,
             },
             compare_samples: 8,
+            accuracy: None,
         };
         let (quantized, report) = quantize(&model.proto, fixture, &source, None, &config)
             .unwrap_or_else(|e| panic!("{fixture}: {e}"));

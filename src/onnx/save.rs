@@ -211,7 +211,7 @@ fn same_file(_: &Path, _: &Path) -> bool {
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`, so a
 /// reader never sees a half-written file and a failure leaves any previous file intact.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -1,6 +1,7 @@
 //! Quantization: graph preparation passes, the per-op rule table, the planner and the QDQ
 //! rewriter, and [`quantize`], the whole job behind `onnx-ptq quantize`.
 
+pub mod accuracy;
 pub mod opset;
 pub mod params;
 pub mod plan;
@@ -13,8 +14,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub use accuracy::{AccuracyConfig, AccuracyReport};
 pub use params::ActType;
-pub use plan::{FloatReason, Plan, PlanConfig};
+pub use plan::{Fallback, FloatReason, Plan, PlanConfig, TensorOverride};
 pub use rewrite::RewriteStats;
 
 use crate::calibrate::{CalibrationConfig, Calibrator, DataSource, Ranges};
@@ -34,6 +36,8 @@ pub struct QuantizeConfig {
     pub calibration: CalibrationConfig,
     /// How many calibration samples the fp32-vs-int8 comparison of the summary runs.
     pub compare_samples: usize,
+    /// Accuracy-aware mode: nodes return to float until these bounds are met.
+    pub accuracy: Option<AccuracyConfig>,
 }
 
 /// A node left float, with why.
@@ -60,6 +64,8 @@ pub struct QuantizeReport {
     pub opset_after: i64,
     /// Nodes the opset upgrade rewrote.
     pub opset_rewritten: Vec<String>,
+    /// Initializers of an IR 3 model no longer listed as graph inputs (they are weights).
+    pub weights_unlisted_from_inputs: usize,
     /// Whether weights are per channel.
     pub per_channel: bool,
     /// Why per-channel weights were not possible, when they were asked for.
@@ -88,6 +94,63 @@ pub struct QuantizeReport {
     pub compared_samples: usize,
     /// Wall time of each stage, in seconds.
     pub seconds: BTreeMap<String, f64>,
+    /// The accuracy search, when bounds were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<AccuracyReport>,
+}
+
+/// Refuses overrides that name no tensor of the model (a typo would otherwise pass silently),
+/// and empty or reversed ranges.
+fn check_overrides(model: &ModelProto, config: &PlanConfig) -> Result<()> {
+    if config.overrides.is_empty() {
+        return Ok(());
+    }
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Model("the model has no graph".into()))?;
+    let known: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().chain(&n.input))
+        .map(String::as_str)
+        .chain(graph.input.iter().map(|i| i.name()))
+        .collect();
+    for (name, o) in &config.overrides {
+        if !known.contains(name.as_str()) {
+            return Err(Error::Model(format!(
+                "override for tensor '{name}': the model has no tensor of that name"
+            )));
+        }
+        if let Some((lo, hi)) = o.range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(Error::Model(format!(
+                    "override for tensor '{name}': range [{lo}, {hi}] is not a finite, non-empty interval"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// IR 3 requires every initializer to be listed as a graph input too, which makes weights look
+/// overridable; nobody feeds them. Once the IR version is raised (the opset upgrade does it),
+/// they are unlisted so that they are constants that can be quantized. Returns how many.
+fn unlist_initializer_inputs(model: &mut ModelProto) -> usize {
+    if model.ir_version() < 4 {
+        return 0;
+    }
+    let Some(graph) = model.graph.as_mut() else {
+        return 0;
+    };
+    let initializers: std::collections::HashSet<String> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    let before = graph.input.len();
+    graph.input.retain(|i| !initializers.contains(i.name()));
+    before - graph.input.len()
 }
 
 /// Drops the `value_info` entries that preparation inferred for planning: the runtime infers
@@ -137,13 +200,14 @@ pub fn quantize(
     let bytes_before = model.encoded_len() as u64;
     let mut clock = Clock::start();
     let mut prepared = model.clone();
-    let prep_report = prep::prepare(&mut prepared)?;
     let opset_before = crate::graph::Opsets::new(&prepared.opset_import)
         .default_domain()
         .unwrap_or(0);
     let mut plan_config = config.plan.clone();
     let mut per_tensor_reason = None;
     let mut opset_rewritten = Vec::new();
+    // The opset (and with it the IR version) is raised first, so that preparation may turn
+    // Constant nodes and constant subgraphs into initializers, which IR 3 does not allow.
     if plan_config.per_channel && opset_before < 13 {
         match opset::upgrade_default_opset(&mut prepared, 13) {
             Ok(up) => opset_rewritten = up.rewritten,
@@ -155,33 +219,66 @@ pub fn quantize(
             }
         }
     }
-    if opset_before < 10 {
+    if crate::graph::Opsets::new(&prepared.opset_import)
+        .default_domain()
+        .unwrap_or(0)
+        < 10
+    {
         opset::upgrade_default_opset(&mut prepared, 10).map_err(|e| {
             Error::Model(format!(
                 "QuantizeLinear needs opset 10 and the model could not be upgraded: {e}"
             ))
         })?;
     }
+    let weights_as_inputs = if model.ir_version() < 4 {
+        unlist_initializer_inputs(&mut prepared)
+    } else {
+        0
+    };
+    let prep_report = prep::prepare(&mut prepared)?;
     let opset_after = crate::graph::Opsets::new(&prepared.opset_import)
         .default_domain()
         .unwrap_or(0);
     clock.lap("prepare");
 
+    // The accuracy search measures on samples it does not calibrate on.
+    let (calib_source, held_out) = match &config.accuracy {
+        Some(a) => {
+            let (head, tail) = source.split_tail(a.held_out);
+            (head, Some(tail))
+        }
+        None => (source.clone(), None),
+    };
     let (ranges, calibration_seconds) = match ranges {
         Some(r) => (r, 0.0),
         None => {
             let calibrator = Calibrator::new(&prepared, model_name)?;
             let start = Instant::now();
-            let r = calibrator.calibrate(source, &config.calibration)?;
+            let r = calibrator.calibrate(&calib_source, &config.calibration)?;
             (r, start.elapsed().as_secs_f64())
         }
     };
     clock.lap("calibrate");
+    check_overrides(&prepared, &plan_config)?;
     let graph = prepared
         .graph
         .as_ref()
         .ok_or_else(|| Error::Model("the model has no graph".into()))?;
     let lookup = |name: &str| ranges.tensors.get(name).map(|r| (r.min, r.max));
+    let build = |cfg: &PlanConfig| -> Result<ModelProto> {
+        let plan = plan::plan(graph, cfg, &lookup);
+        let mut quantized = prepared.clone();
+        rewrite::rewrite(&mut quantized, &plan)?;
+        Ok(quantized)
+    };
+    let mut accuracy_report = None;
+    if let (Some(a), Some(held)) = (&config.accuracy, &held_out) {
+        let baseline = plan::plan(graph, &plan_config, &lookup);
+        let (cfg, r) = accuracy::search(model, graph, &plan_config, &baseline, held, a, &build)?;
+        plan_config = cfg;
+        accuracy_report = Some(r);
+        clock.lap("accuracy search");
+    }
     let plan = plan::plan(graph, &plan_config, &lookup);
     let mut quantized_ops: BTreeMap<String, usize> = BTreeMap::new();
     for &n in &plan.quantized {
@@ -229,6 +326,7 @@ pub fn quantize(
         opset_before,
         opset_after,
         opset_rewritten,
+        weights_unlisted_from_inputs: weights_as_inputs,
         per_channel: plan_config.per_channel,
         per_tensor_reason,
         calibration_method: ranges.method.name().to_string(),
@@ -246,6 +344,7 @@ pub fn quantize(
             .filter(|(_, m)| m.values > 0)
             .collect(),
         compared_samples: compared.samples,
+        accuracy: accuracy_report,
     };
     Ok((quantized, report))
 }

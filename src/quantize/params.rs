@@ -55,6 +55,20 @@ impl ActParams {
         }
     }
 
+    /// Parameters covering `[-a, a]` with `a = max(|lo|, |hi|)`: zero maps to the middle of the
+    /// integer range (128 for uint8, 0 for int8, which is always symmetric here).
+    pub fn symmetric(lo: f32, hi: f32, ty: ActType) -> ActParams {
+        let a = lo.abs().max(hi.abs()).max(MIN_WIDTH / 2.0);
+        match ty {
+            ActType::U8 => ActParams {
+                scale: 2.0 * a / 255.0,
+                zero_point: 128,
+                ty,
+            },
+            ActType::S8 => ActParams::from_range(-a, a, ty),
+        }
+    }
+
     /// Smallest and largest integer value.
     pub fn qrange(&self) -> (i32, i32) {
         match self.ty {

@@ -25,6 +25,38 @@ pub struct PlanConfig {
     pub exclude_nodes: BTreeSet<String>,
     /// Op types to leave float.
     pub exclude_op_types: BTreeSet<String>,
+    /// What the user pinned per tensor (range, type, symmetry, keep float), by tensor name.
+    pub overrides: BTreeMap<String, TensorOverride>,
+    /// Nodes returned to float by the accuracy search, by index in the graph being planned,
+    /// with the activation tensors they read and write (which stay float with them).
+    pub fallback: Fallback,
+}
+
+/// Nodes and tensors the accuracy search keeps float.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// Node indices.
+    pub nodes: BTreeSet<usize>,
+    /// Activation tensors that get no QuantizeLinear/DequantizeLinear.
+    pub tensors: BTreeSet<String>,
+}
+
+/// A user's setting for one tensor, from an overrides file.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorOverride {
+    /// Quantize with this range instead of the calibrated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(f32, f32)>,
+    /// Integer type of this tensor.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<ActType>,
+    /// Symmetric range (zero maps to the middle of the integer range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
+    /// Never quantize this tensor: the nodes that read or write it stay float.
+    #[serde(default)]
+    pub keep_float: bool,
 }
 
 /// A weight input to fold to int8.
@@ -66,6 +98,10 @@ pub enum FloatReason {
     OtherDomain(String),
     /// Named in --exclude-nodes or --exclude-op-types.
     Excluded,
+    /// Returned to float by the accuracy search.
+    AccuracyFallback,
+    /// Reads or writes a tensor kept float (by the accuracy search or an override).
+    KeepsTensorFloat(String),
     /// The input model already has QuantizeLinear/DequantizeLinear here.
     AlreadyQuantized,
     /// An input or output is not a float tensor (shapes, indices, masks).
@@ -86,6 +122,8 @@ impl FloatReason {
             FloatReason::NoRule => "no quantization rule for this op",
             FloatReason::OtherDomain(_) => "outside the default domain, never touched",
             FloatReason::Excluded => "excluded by the user",
+            FloatReason::AccuracyFallback => "returned to float to meet the accuracy bound",
+            FloatReason::KeepsTensorFloat(_) => "reads or writes a tensor kept float",
             FloatReason::AlreadyQuantized => "already quantized in the input model",
             FloatReason::NotFloat(_) => "works on non-float tensors (shapes, indices, masks)",
             FloatReason::NoRange(_) => {
@@ -103,6 +141,7 @@ impl fmt::Display for FloatReason {
             FloatReason::OtherDomain(d) => write!(f, "domain '{d}' is never touched"),
             FloatReason::NotFloat(t) => write!(f, "'{t}' is not a float tensor"),
             FloatReason::NoRange(t) => write!(f, "no calibrated range for '{t}'"),
+            FloatReason::KeepsTensorFloat(t) => write!(f, "reads or writes '{t}', kept float"),
             FloatReason::WeightNotConstant(t) => write!(f, "weight '{t}' is not a float constant"),
             FloatReason::InputNotQuantized(i) => write!(f, "input {i} is not quantized"),
             other => f.write_str(other.kind()),
@@ -216,6 +255,23 @@ fn decide(
     {
         return Err(FloatReason::Excluded);
     }
+    if config.fallback.nodes.contains(&n) {
+        return Err(FloatReason::AccuracyFallback);
+    }
+    let kept_float = |t: &str| {
+        config.fallback.tensors.contains(t) || config.overrides.get(t).is_some_and(|o| o.keep_float)
+    };
+    if let Some(t) = node
+        .input
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| rule_for(node.op_type()).is_some_and(|r| r.input(*i) == InputRole::Act))
+        .map(|(_, t)| t)
+        .chain(node.output.iter())
+        .find(|t| !t.is_empty() && kept_float(t))
+    {
+        return Err(FloatReason::KeepsTensorFloat(t.clone()));
+    }
     if matches!(node.op_type(), "QuantizeLinear" | "DequantizeLinear")
         || node.input.iter().any(|i| {
             index
@@ -234,9 +290,11 @@ fn decide(
     let rule: &OpRule = rule_for(node.op_type()).ok_or(FloatReason::NoRule)?;
     let act_params = |t: &str| -> Option<ActParams> {
         so_far.activations.get(t).copied().or_else(|| {
-            range(t)
+            let o = config.overrides.get(t);
+            o.and_then(|o| o.range)
+                .or_else(|| range(t))
                 .or_else(|| constant_range(index, t))
-                .map(|(lo, hi)| ActParams::from_range(lo, hi, config.activations))
+                .map(|(lo, hi)| params_for(lo, hi, config, o))
         })
     };
     let mut d = Decision {
@@ -327,11 +385,24 @@ fn decide(
                 .copied()
                 .flatten()
                 .ok_or(FloatReason::InputNotQuantized(i))?,
-            OutputRole::FixedRange(lo, hi) => ActParams::from_range(lo, hi, config.activations),
+            OutputRole::FixedRange(lo, hi) => {
+                let o = config.overrides.get(out.as_str());
+                let (lo, hi) = o.and_then(|o| o.range).unwrap_or((lo, hi));
+                params_for(lo, hi, config, o)
+            }
         };
         d.params.push((out.clone(), params));
     }
     Ok(d)
+}
+
+/// Parameters for `[lo, hi]` with the tensor's override, if any, applied.
+fn params_for(lo: f32, hi: f32, config: &PlanConfig, o: Option<&TensorOverride>) -> ActParams {
+    let ty = o.and_then(|o| o.ty).unwrap_or(config.activations);
+    match o.and_then(|o| o.symmetric) {
+        Some(true) => ActParams::symmetric(lo, hi, ty),
+        _ => ActParams::from_range(lo, hi, ty),
+    }
 }
 
 /// A Relu (or Clip with min 0) right after a quantized producer is dropped when the producer's
@@ -373,6 +444,11 @@ fn absorb_activations(
             || outputs.contains(input.as_str())
             || outputs.contains(output.as_str())
         {
+            continue;
+        }
+        let pinned =
+            |t: &str| config.overrides.contains_key(t) || config.fallback.tensors.contains(t);
+        if pinned(input) || pinned(output) {
             continue;
         }
         let Some((lo, hi)) = range(output) else {

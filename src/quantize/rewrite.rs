@@ -32,12 +32,14 @@ const DQ_NODE: &str = "_DQ";
 /// A quantized graph output's float value, before its QuantizeLinear.
 const FLOAT: &str = "_float";
 
-/// Names of a folded weight's or bias's quantized tensor and scale, and its DQ axis. They are
-/// symmetric: no zero point is written, DequantizeLinear's default of 0 applies (a per-channel
-/// zero-point tensor per weight and bias cost about 2 % of a small CNN's file).
-type Folded = (String, String, Option<usize>);
-/// A weight's distinct quantization: tensor, axis and the bits of its scales.
-type WeightKey = (String, Option<usize>, Vec<u32>);
+/// Names of a folded weight's or bias's quantized tensor, scale and zero point, and its DQ
+/// axis. They are symmetric, so the zero point is left out where nothing needs it:
+/// DequantizeLinear's default of 0 applies, and a per-channel zero-point tensor per weight and
+/// bias cost about 2 % of a small CNN's file. ONNX Runtime's QGemm fusion does need B's.
+type Folded = (String, String, Option<String>, Option<usize>);
+/// A weight's distinct quantization: tensor, axis, the bits of its scales, and whether its
+/// zero point is written.
+type WeightKey = (String, Option<usize>, Vec<u32>, bool);
 
 /// What the rewrite did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -176,7 +178,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     }
 
     // Weights, once per distinct (tensor, axis, scales).
-    let mut weight_cache: HashMap<WeightKey, (String, String)> = HashMap::new();
+    let mut weight_cache: HashMap<WeightKey, (String, String, Option<String>)> = HashMap::new();
     let mut weight_scales: Vec<QuantizedWeight> = Vec::with_capacity(plan.weights.len());
     let mut weight_inputs: HashMap<(usize, usize), Folded> = HashMap::new();
     let constant = |name: &str| -> Result<(Vec<f32>, Vec<i64>)> {
@@ -211,10 +213,12 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             }
             qw = requantize(&values, &dims, w.axis, scales);
         }
+        let with_zero_point = original.node[w.node].op_type() == "Gemm";
         let key = (
             w.tensor.clone(),
             w.axis,
             qw.scales.iter().map(|s| s.to_bits()).collect(),
+            with_zero_point,
         );
         let entry = weight_cache.entry(key).or_insert_with(|| {
             let q = names.fresh(&format!("{}{QUANTIZED}", w.tensor));
@@ -232,12 +236,17 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
                 qw.values.iter().map(|&v| v as u8).collect(),
             ));
             new_inits.push(tensor::from_f32(&s, &sdims, &qw.scales));
+            let z = with_zero_point.then(|| {
+                let z = names.fresh(&format!("{}{ZERO_POINT}", w.tensor));
+                new_inits.push(tensor::from_raw(&z, DataType::Int8, &sdims, vec![0; c]));
+                z
+            });
             stats.weights += 1;
-            (q, s)
+            (q, s, z)
         });
         weight_inputs.insert(
             (w.node, w.input),
-            (entry.0.clone(), entry.1.clone(), w.axis),
+            (entry.0.clone(), entry.1.clone(), entry.2.clone(), w.axis),
         );
         weight_scales.push(qw);
     }
@@ -273,7 +282,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
         ));
         new_inits.push(tensor::from_f32(&sn, &sdims, &scales));
         stats.biases += 1;
-        bias_inputs.insert((b.node, b.input), (qn, sn, per_channel.then_some(0)));
+        bias_inputs.insert((b.node, b.input), (qn, sn, None, per_channel.then_some(0)));
     }
 
     // Rebuild the node list in order: Q for quantized graph inputs first, then for each node
@@ -294,13 +303,16 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
             let folded = weight_inputs
                 .get(&(n, slot))
                 .or_else(|| bias_inputs.get(&(n, slot)));
-            if let Some((q, s, axis)) = folded {
+            if let Some((q, s, z, axis)) = folded {
                 let out = names.fresh(&format!("{input}{DEQUANTIZED}"));
                 let dq = names.fresh(&format!("{input}{DQ_NODE}"));
                 nodes.push(qdq_node(
                     "DequantizeLinear",
                     dq,
-                    &[q.clone(), s.clone()],
+                    &[q.clone(), s.clone()]
+                        .into_iter()
+                        .chain(z.clone())
+                        .collect::<Vec<_>>(),
                     out.clone(),
                     *axis,
                 ));

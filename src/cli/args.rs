@@ -1,0 +1,224 @@
+//! Argument groups shared by several commands, and their conversion into library settings.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use onnx_ptq::calibrate::{
+    CalibrationConfig, DataSource, ImagePreprocess, QuantTarget, RangeMethod,
+};
+
+/// Calibration data and range options, shared by the commands that calibrate.
+#[derive(clap::Args, Debug)]
+pub struct CalibArgs {
+    /// Calibration data: a folder of .npz (or .npy for one input), one stacked .npy, an ONNX
+    /// test-data folder (test_data_set_*/input_*.pb), or a folder of PNG/JPEG images.
+    #[arg(long, value_name = "PATH")]
+    pub calib: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Range method: minmax, percentile, entropy or mse.
+    #[arg(long, default_value = "minmax")]
+    pub method: String,
+    /// Percentile for --method percentile.
+    #[arg(long, default_value_t = 99.999)]
+    pub percentile: f64,
+    /// Histogram bins for percentile, entropy and mse.
+    #[arg(long, default_value_t = onnx_ptq::calibrate::observer::DEFAULT_BINS)]
+    pub bins: usize,
+    /// Activation type the ranges are searched for: u8 (asymmetric) or s8 (symmetric).
+    #[arg(long, default_value = "u8", value_parser = ["u8", "s8"])]
+    pub activations: String,
+    /// Worker threads (each runs whole samples).
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Benchmarks only: run the samples without observing (plain tract inference).
+    #[arg(long, hide = true)]
+    pub bench_no_observe: bool,
+}
+
+/// How to read sample data, shared by every command that reads some.
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
+    /// Force the kind of data instead of detecting it: npz, npy, npy-stack, test-data, images.
+    #[arg(long, value_name = "KIND")]
+    pub data_kind: Option<onnx_ptq::calibrate::SourceKind>,
+    /// Use only the first N samples (in sorted order).
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// Image preprocessing preset: imagenet or yolo (other image flags override its values).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Image size as WIDTHxHEIGHT (default: the model input's static size).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    pub size: Option<(u32, u32)>,
+    /// Image resize mode: stretch, letterbox or center-crop.
+    #[arg(long, value_name = "MODE")]
+    pub resize: Option<onnx_ptq::calibrate::data::ResizeMode>,
+    /// Image channel order: rgb or bgr.
+    #[arg(long, value_name = "ORDER")]
+    pub channels: Option<onnx_ptq::calibrate::data::ChannelOrder>,
+    /// Multiply pixel values (0-255) by this before mean/std, e.g. 0.00392156862745098 (1/255).
+    #[arg(long)]
+    pub scale: Option<f32>,
+    /// Per-channel mean subtracted after scaling, as R,G,B.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel std divided by after the mean, as R,G,B.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_triple)]
+    pub std: Option<[f32; 3]>,
+    /// Image tensor layout: nchw or nhwc.
+    #[arg(long)]
+    pub layout: Option<onnx_ptq::calibrate::data::Layout>,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}' is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|&v| v > 0);
+    match (parse(w), parse(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(format!(
+            "'{s}' is not WIDTHxHEIGHT with positive whole numbers"
+        )),
+    }
+}
+
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("'{s}' is not three numbers separated by commas"))?;
+    <[f32; 3]>::try_from(v).map_err(|_| format!("'{s}' is not three numbers separated by commas"))
+}
+
+impl DataArgs {
+    fn image_preprocess(&self) -> Result<ImagePreprocess> {
+        let mut p = match &self.preset {
+            Some(name) => ImagePreprocess::preset(name)?,
+            None => ImagePreprocess::default(),
+        };
+        p.size = self.size.or(p.size);
+        p.resize = self.resize.unwrap_or(p.resize);
+        p.channel_order = self.channels.unwrap_or(p.channel_order);
+        p.scale = self.scale.unwrap_or(p.scale);
+        p.mean = self.mean.unwrap_or(p.mean);
+        p.std = self.std.unwrap_or(p.std);
+        p.layout = self.layout.unwrap_or(p.layout);
+        Ok(p)
+    }
+
+    /// Opens the data at `path` for a model with these inputs.
+    pub fn open(
+        &self,
+        path: &std::path::Path,
+        inputs: &[onnx_ptq::calibrate::InputSpec],
+    ) -> Result<DataSource> {
+        let image = self.image_preprocess()?;
+        Ok(DataSource::open(
+            path,
+            self.data_kind,
+            inputs,
+            Some(&image),
+            self.samples,
+        )?)
+    }
+}
+
+impl CalibArgs {
+    /// The calibration settings.
+    pub fn config(&self) -> Result<CalibrationConfig> {
+        let mut method: RangeMethod = self.method.parse().map_err(anyhow::Error::msg)?;
+        if let RangeMethod::Percentile { percentile } = &mut method {
+            anyhow::ensure!(
+                self.percentile > 50.0 && self.percentile <= 100.0,
+                "--percentile must be in (50, 100], got {}",
+                self.percentile
+            );
+            *percentile = self.percentile;
+        }
+        let target = match self.activations.as_str() {
+            "s8" => QuantTarget::S8_SYMMETRIC,
+            _ => QuantTarget::U8,
+        };
+        Ok(CalibrationConfig {
+            method,
+            target,
+            bins: self.bins,
+            threads: self.threads.max(1),
+            progress: !self.quiet,
+        })
+    }
+
+    /// Opens the calibration data for a model with these inputs.
+    pub fn open(&self, inputs: &[onnx_ptq::calibrate::InputSpec]) -> Result<DataSource> {
+        self.data.open(&self.calib, inputs)
+    }
+
+    /// The activation type asked for.
+    pub fn act_type(&self) -> onnx_ptq::quantize::ActType {
+        match self.activations.as_str() {
+            "s8" => onnx_ptq::quantize::ActType::S8,
+            _ => onnx_ptq::quantize::ActType::U8,
+        }
+    }
+}
+
+/// Accuracy bounds, shared by `compare` (gating) and `quantize` (accuracy-aware mode).
+#[derive(clap::Args, Debug, Default)]
+pub struct BoundArgs {
+    /// Smallest acceptable SQNR against the float model, in dB.
+    #[arg(long, value_name = "DB")]
+    pub min_sqnr: Option<f64>,
+    /// Smallest acceptable cosine similarity to the float model (mean over samples).
+    #[arg(long, value_name = "C")]
+    pub min_cosine: Option<f64>,
+    /// Largest acceptable top-1 drop, in percentage points: the share of rows whose arg-max
+    /// differs from the float model's (outputs of class scores [N, C] only).
+    #[arg(long, value_name = "P")]
+    pub max_top1_drop: Option<f64>,
+    /// An output the bounds apply to (repeatable; default: every float output).
+    #[arg(long = "bound-output", value_name = "NAME")]
+    pub outputs: Vec<String>,
+}
+
+impl BoundArgs {
+    /// The bounds, checked for sense.
+    pub fn bounds(&self) -> Result<onnx_ptq::compare::Bounds> {
+        if let Some(c) = self.min_cosine {
+            anyhow::ensure!(
+                (-1.0..=1.0).contains(&c),
+                "--min-cosine must be in [-1, 1], got {c}"
+            );
+        }
+        if let Some(p) = self.max_top1_drop {
+            anyhow::ensure!(
+                (0.0..=100.0).contains(&p),
+                "--max-top1-drop is in percentage points, from 0 to 100; got {p}"
+            );
+        }
+        if let Some(db) = self.min_sqnr {
+            anyhow::ensure!(
+                db.is_finite(),
+                "--min-sqnr must be a number of dB, got {db}"
+            );
+        }
+        Ok(onnx_ptq::compare::Bounds {
+            min_sqnr_db: self.min_sqnr,
+            min_cosine: self.min_cosine,
+            max_top1_drop: self.max_top1_drop,
+            outputs: self.outputs.clone(),
+        })
+    }
+}

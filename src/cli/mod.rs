@@ -1,0 +1,509 @@
+//! The command line: the clap definitions, and `run`, which turns parsed arguments into library
+//! calls and the result into an [`Outcome`]. Printing lives in [`print`].
+
+pub mod args;
+mod print;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use args::{BoundArgs, CalibArgs, DataArgs};
+use onnx_ptq::calibrate::{Calibrator, InputSpec, Ranges};
+use onnx_ptq::compare::{compare_models, CompareConfig};
+use onnx_ptq::onnx::Model;
+use onnx_ptq::quantize::{AccuracyConfig, PlanConfig, QuantizeConfig, TensorOverride};
+use onnx_ptq::validate::{self, ExecOptions};
+
+/// Post-training int8 quantization of ONNX models.
+#[derive(Parser, Debug)]
+#[command(name = "onnx-ptq", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Quantize a float model to int8 QDQ: calibrate, plan, rewrite, validate, then write.
+    #[command(
+        after_help = "Examples:\n  onnx-ptq quantize fixtures/cnn.onnx --calib samples/ -o cnn.int8.onnx\n  onnx-ptq quantize model.onnx --calib photos/ --preset imagenet --method entropy -o m.int8.onnx --report report.json"
+    )]
+    Quantize {
+        /// The float ONNX model (never modified).
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Where to write the int8 model.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Ranges from `onnx-ptq calibrate` instead of calibrating again (the data is still used
+        /// for the validation run and the fp32-vs-int8 report).
+        #[arg(long, value_name = "JSON")]
+        ranges: Option<PathBuf>,
+        /// Per-tensor weights instead of per-channel.
+        #[arg(long)]
+        per_tensor: bool,
+        /// Node names to leave float, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        exclude_nodes: Vec<String>,
+        /// Op types to leave float, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        exclude_op_types: Vec<String>,
+        /// Also write the summary as JSON.
+        #[arg(long, value_name = "JSON")]
+        report: Option<PathBuf>,
+        /// Calibration samples the fp32-vs-int8 figures of the summary are computed on.
+        #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        compare_samples: u64,
+        /// Per-tensor settings (JSON): {"tensor": {"range": [lo, hi], "type": "u8"|"s8",
+        /// "symmetric": true, "keep_float": true}, ...}.
+        #[arg(long, value_name = "JSON")]
+        overrides: Option<PathBuf>,
+        /// Accuracy-aware mode: with a bound, the most sensitive nodes return to float, one at
+        /// a time, until the bound is met on held-out calibration samples (exit 1 if it cannot
+        /// be met; the best model found is still written).
+        #[command(flatten)]
+        bounds: BoundArgs,
+        /// Calibration samples set aside to measure the accuracy bound on (default: a quarter,
+        /// at least 1).
+        #[arg(long, value_name = "N")]
+        held_out: Option<usize>,
+    },
+    /// Compare a float model with its quantized version on data: per-output errors and, with
+    /// --per-layer, the error of every quantized tensor, worst first.
+    ///
+    /// Exit code 1 when a bound (--min-sqnr, --min-cosine, --max-top1-drop) is missed, so that
+    /// a CI job can refuse a model.
+    #[command(
+        after_help = "Examples:\n  onnx-ptq compare model.onnx model.int8.onnx --data samples/ --per-layer\n  onnx-ptq compare m.onnx m.int8.onnx --data held_out/ --min-sqnr 20 --max-top1-drop 0.5 --json cmp.json"
+    )]
+    Compare {
+        /// The float model.
+        float: PathBuf,
+        /// Its quantized version.
+        int8: PathBuf,
+        /// Samples to run both models on (any kind --calib accepts).
+        #[arg(long, value_name = "PATH")]
+        data: PathBuf,
+        #[command(flatten)]
+        data_args: DataArgs,
+        /// Also compare every quantized tensor with the float tensor of the same name.
+        #[arg(long)]
+        per_layer: bool,
+        /// Rows of the per-layer table printed (the JSON has them all).
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Timed runs per model for the latency figures (tract, first sample; 0: none).
+        #[arg(long, default_value_t = 5)]
+        latency_runs: usize,
+        /// Also write the numbers as JSON.
+        #[arg(long, value_name = "JSON")]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        bounds: BoundArgs,
+    },
+    /// Run calibration data through the model and write each float tensor's range as JSON.
+    ///
+    /// The ranges file is a calibration cache: `quantize --ranges` reads it back instead of
+    /// running the data again.
+    #[command(
+        after_help = "Examples:\n  onnx-ptq calibrate model.onnx --calib samples/ -o ranges.json\n  onnx-ptq calibrate resnet.onnx --calib photos/ --preset imagenet --method entropy -o ranges.json\n  onnx-ptq calibrate bert.onnx --calib test_data/ --method percentile --percentile 99.99 -o r.json"
+    )]
+    Calibrate {
+        /// The ONNX model file.
+        model: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Where to write the ranges (JSON).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Summarise a model: metadata, inputs/outputs, ops, parameters and where weights live.
+    #[command(
+        after_help = "Example:\n  onnx-ptq inspect fixtures/cnn.onnx\n  onnx-ptq inspect model.onnx --json > summary.json"
+    )]
+    Inspect {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a model's structure, then run it once in tract.
+    ///
+    /// Exit code 0 when both checks pass, 1 when the model is invalid, 2 when it cannot be read.
+    #[command(
+        after_help = "Example:\n  onnx-ptq validate fixtures/cnn.onnx\n  onnx-ptq validate detector.onnx --dim height=640 --dim width=640 --json"
+    )]
+    Validate {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// Value of a symbolic input dimension for the execution check, as NAME=VALUE (repeatable).
+        #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
+        dims: Vec<(String, i64)>,
+        /// Value of symbolic dimensions not given with --dim.
+        #[arg(long, default_value_t = 1)]
+        default_dim: i64,
+        /// Only check the structure; do not run the model in tract.
+        #[arg(long)]
+        no_exec: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_dim(s: &str) -> Result<(String, i64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not NAME=VALUE"))?;
+    let value: i64 = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not a whole number"))?;
+    if value < 1 {
+        return Err(format!("dimension {name} must be at least 1, got {value}"));
+    }
+    Ok((name.to_string(), value))
+}
+
+/// What a successful run concluded.
+pub enum Outcome {
+    /// Everything asked for holds.
+    Ok,
+    /// The model is invalid, or misses an accuracy bound.
+    Failed,
+}
+
+/// Refuses to write `output` over `input` (compared through canonical paths).
+fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
+        anyhow::ensure!(
+            a != b,
+            "refusing to overwrite the input file {}",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON to `path`, atomically.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value).context("encoding JSON")?;
+    onnx_ptq::onnx::write_atomic(path, &json)?;
+    Ok(())
+}
+
+fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{}: not an overrides file ({{\"tensor\": {{\"range\": [lo, hi], \"type\": \"u8\" or \"s8\", \"symmetric\": bool, \"keep_float\": bool}}}})",
+            path.display()
+        )
+    })
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    match cli.command {
+        Command::Quantize {
+            model,
+            calib,
+            output,
+            ranges,
+            per_tensor,
+            exclude_nodes,
+            exclude_op_types,
+            report,
+            compare_samples,
+            overrides,
+            bounds,
+            held_out,
+        } => {
+            let calibration = calib.config()?;
+            let bounds = bounds.bounds()?;
+            refuse_same_file(&output, &model)?;
+            if let Some(r) = &report {
+                refuse_same_file(r, &model)?;
+            }
+            let overrides = overrides.map(|p| read_overrides(&p)).transpose()?;
+            let loaded = Model::load(&model)?;
+            let inputs = InputSpec::of_model(&loaded.proto)?;
+            let source = calib.open(&inputs)?;
+            let ranges = ranges.map(|p| Ranges::load(&p)).transpose()?;
+            let accuracy = (!bounds.is_empty()).then(|| AccuracyConfig {
+                bounds,
+                held_out: held_out.unwrap_or((source.len() / 4).max(1)),
+                threads: calibration.threads,
+            });
+            let config = QuantizeConfig {
+                plan: PlanConfig {
+                    activations: calib.act_type(),
+                    per_channel: !per_tensor,
+                    exclude_nodes: exclude_nodes.into_iter().collect(),
+                    exclude_op_types: exclude_op_types.into_iter().collect(),
+                    overrides: overrides.unwrap_or_default(),
+                    fallback: Default::default(),
+                },
+                calibration,
+                compare_samples: compare_samples as usize,
+                accuracy,
+            };
+            let name = model.display().to_string();
+            let (quantized, summary) =
+                onnx_ptq::quantize::quantize(&loaded.proto, &name, &source, ranges, &config)?;
+            let written = Model {
+                proto: quantized,
+                ..loaded
+            }
+            .save(&output, &onnx_ptq::onnx::SaveOptions::default())?;
+            if let Some(path) = report {
+                write_json(&path, &summary)?;
+            }
+            print::quantize_summary(&summary, &written.path);
+            Ok(match &summary.accuracy {
+                Some(a) if !a.met => Outcome::Failed,
+                _ => Outcome::Ok,
+            })
+        }
+        Command::Compare {
+            float,
+            int8,
+            data,
+            data_args,
+            per_layer,
+            top_k,
+            latency_runs,
+            json,
+            bounds,
+        } => {
+            let bounds = bounds.bounds()?;
+            let a = Model::load(&float)?;
+            let b = Model::load(&int8)?;
+            let source = data_args.open(&data, &InputSpec::of_model(&a.proto)?)?;
+            let report = compare_models(
+                &a.proto,
+                &b.proto,
+                &source,
+                &CompareConfig {
+                    per_layer,
+                    latency_runs,
+                },
+            )?;
+            let violations = if bounds.is_empty() {
+                Vec::new()
+            } else {
+                bounds.check(&report.outputs)?
+            };
+            if let Some(path) = json {
+                let value = serde_json::json!({
+                    "float": float.display().to_string(),
+                    "int8": int8.display().to_string(),
+                    "report": report,
+                    "bounds": bounds,
+                    "violations": violations,
+                    "passed": violations.is_empty(),
+                });
+                write_json(&path, &value)?;
+            }
+            print::compare_table(&report, top_k, &violations);
+            Ok(if violations.is_empty() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            })
+        }
+        Command::Calibrate {
+            model,
+            calib,
+            output,
+        } => {
+            let config = calib.config()?;
+            refuse_same_file(&output, &model)?;
+            let loaded = Model::load(&model)?;
+            let mut calibrator = Calibrator::new(&loaded.proto, &model.display().to_string())?;
+            if calib.bench_no_observe {
+                calibrator.disable_observation();
+            }
+            let source = calib.open(calibrator.inputs())?;
+            let ranges = calibrator.calibrate(&source, &config)?;
+            ranges.save(&output)?;
+            eprintln!(
+                "{} tensors calibrated with {} on {} samples in {:.2} s; ranges written to {}",
+                ranges.tensors.len(),
+                config.method.name(),
+                ranges.samples,
+                ranges.seconds,
+                output.display()
+            );
+            Ok(Outcome::Ok)
+        }
+        Command::Inspect { model, json } => {
+            let loaded = Model::load(&model)?;
+            let summary = onnx_ptq::inspect::inspect(&loaded);
+            if json {
+                print::out(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+            } else {
+                print::out(&summary.to_string());
+            }
+            Ok(Outcome::Ok)
+        }
+        Command::Validate {
+            model,
+            dims,
+            default_dim,
+            no_exec,
+            json,
+        } => {
+            let loaded = Model::load(&model)?;
+            let options = ExecOptions {
+                dims: dims.into_iter().collect::<BTreeMap<_, _>>(),
+                default_dim,
+            };
+            let report = validate::validate(&loaded.proto, (!no_exec).then_some(&options));
+            if json {
+                let value = serde_json::json!({
+                    "model": model.display().to_string(),
+                    "valid": report.is_valid(),
+                    "report": report,
+                });
+                print::out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&value).context("encoding JSON")?
+                ));
+            } else {
+                print::out(&format!("{}\n{report}", model.display()));
+            }
+            Ok(if report.is_valid() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dims_parse_as_name_value() {
+        let cli =
+            Cli::try_parse_from(["onnx-ptq", "validate", "m.onnx", "--dim", "batch=4"]).unwrap();
+        match cli.command {
+            Command::Validate { dims, .. } => assert_eq!(dims, vec![("batch".to_string(), 4)]),
+            _ => panic!("expected validate"),
+        }
+        assert!(Cli::try_parse_from(["onnx-ptq", "validate", "m.onnx", "--dim", "batch"]).is_err());
+        assert!(Cli::try_parse_from(["onnx-ptq", "validate", "m.onnx", "--dim", "b=0"]).is_err());
+    }
+
+    #[test]
+    fn compare_takes_data_and_bounds() {
+        let cli = Cli::try_parse_from([
+            "onnx-ptq",
+            "compare",
+            "a.onnx",
+            "b.onnx",
+            "--data",
+            "d/",
+            "--per-layer",
+            "--min-sqnr",
+            "20",
+            "--max-top1-drop",
+            "0",
+            "--bound-output",
+            "probs",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Compare {
+                per_layer, bounds, ..
+            } => {
+                assert!(per_layer);
+                let b = bounds.bounds().unwrap();
+                assert_eq!(b.min_sqnr_db, Some(20.0));
+                assert_eq!(b.max_top1_drop, Some(0.0));
+                assert_eq!(b.outputs, vec!["probs".to_string()]);
+            }
+            _ => panic!("expected compare"),
+        }
+        assert!(Cli::try_parse_from(["onnx-ptq", "compare", "a.onnx", "b.onnx"]).is_err());
+        let cli = Cli::try_parse_from([
+            "onnx-ptq",
+            "compare",
+            "a",
+            "b",
+            "--data",
+            "d",
+            "--min-cosine",
+            "1.5",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Compare { bounds, .. } => assert!(bounds.bounds().is_err()),
+            _ => panic!("expected compare"),
+        }
+    }
+
+    #[test]
+    fn quantize_bounds_turn_on_the_accuracy_search() {
+        let cli = Cli::try_parse_from([
+            "onnx-ptq",
+            "quantize",
+            "m.onnx",
+            "--calib",
+            "d/",
+            "-o",
+            "q.onnx",
+            "--min-cosine",
+            "0.99",
+            "--held-out",
+            "4",
+            "--overrides",
+            "o.json",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Quantize {
+                bounds,
+                held_out,
+                overrides,
+                ..
+            } => {
+                assert_eq!(bounds.bounds().unwrap().min_cosine, Some(0.99));
+                assert_eq!(held_out, Some(4));
+                assert_eq!(overrides, Some(PathBuf::from("o.json")));
+            }
+            _ => panic!("expected quantize"),
+        }
+    }
+
+    #[test]
+    fn overrides_parse_and_refuse_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.json");
+        std::fs::write(
+            &p,
+            r#"{"x": {"range": [-1, 2], "type": "s8"}, "y": {"keep_float": true}}"#,
+        )
+        .unwrap();
+        let o = read_overrides(&p).unwrap();
+        assert_eq!(o["x"].range, Some((-1.0, 2.0)));
+        assert_eq!(o["x"].ty, Some(onnx_ptq::quantize::ActType::S8));
+        assert!(o["y"].keep_float);
+        std::fs::write(&p, r#"{"x": {"rnage": [0, 1]}}"#).unwrap();
+        let e = format!("{:#}", read_overrides(&p).unwrap_err());
+        assert!(e.contains("rnage") && e.contains("o.json"), "{e}");
+    }
+}

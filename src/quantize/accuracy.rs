@@ -1,0 +1,294 @@
+//! Accuracy-aware quantization: returns the most sensitive nodes to float, one step at a time,
+//! until the quantized model meets the user's bounds on held-out samples.
+//!
+//! Sensitivity is measured the direct way: for every quantized compute node, the model with
+//! only that node (and the activations it reads and writes) back in float is built and run in
+//! tract on the held-out samples, and its output error is compared with the fully quantized
+//! model's. Nodes are then returned to float in order of that gain, each step measured on the
+//! real rewritten model; a step that makes the model worse is undone. Data-movement nodes
+//! (Reshape, Transpose, MaxPool...) add no error of their own and are not candidates.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tract_onnx::prelude::Tensor;
+
+use super::plan::{Fallback, Plan, PlanConfig};
+use super::rules::{rule_for, InputRole, OutputRole};
+use crate::calibrate::{DataSource, InputSpec};
+use crate::compare::{accumulate, Bounds, ErrorAccumulator, ErrorMetrics};
+use crate::engine::Runner;
+use crate::error::{Error, Result};
+use crate::onnx::pb::{GraphProto, ModelProto};
+use crate::onnx::walk::node_label;
+
+/// Settings of the accuracy search.
+#[derive(Debug, Clone)]
+pub struct AccuracyConfig {
+    /// The bounds to meet.
+    pub bounds: Bounds,
+    /// Calibration samples set aside to measure the error on (they are not calibrated on).
+    pub held_out: usize,
+    /// Candidate models measured at once.
+    pub threads: usize,
+}
+
+/// The fp32-vs-int8 error of one model on the held-out samples, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    /// The search's ranking score (lowest watched SQNR, less a penalty per top-1 flip).
+    pub score: f64,
+    /// The watched outputs' metrics.
+    pub outputs: BTreeMap<String, ErrorMetrics>,
+}
+
+/// One node returned to float.
+#[derive(Debug, Clone, Serialize)]
+pub struct FallbackStep {
+    /// The node.
+    pub node: String,
+    /// Its op type.
+    pub op_type: String,
+    /// Score gain when this node alone is float (the sensitivity ranking).
+    pub gain_alone: f64,
+    /// The whole model after this step.
+    pub after: Measured,
+}
+
+/// What the accuracy search did, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyReport {
+    /// The bounds.
+    pub bounds: Bounds,
+    /// Held-out samples the error was measured on.
+    pub held_out_samples: usize,
+    /// The fully quantized model.
+    pub initial: Measured,
+    /// Candidate nodes whose sensitivity was measured.
+    pub candidates: usize,
+    /// Nodes returned to float, in order, each with the model's error after it.
+    pub steps: Vec<FallbackStep>,
+    /// Steps tried and undone because the model got worse, by node.
+    pub undone: Vec<String>,
+    /// The final model.
+    pub result: Measured,
+    /// Whether the final model meets every bound.
+    pub met: bool,
+    /// Wall time of the search, in seconds.
+    pub seconds: f64,
+}
+
+/// The fp32 outputs of the held-out samples, computed once, and a way to measure a quantized
+/// model against them.
+struct Evaluator<'a> {
+    held: &'a DataSource,
+    inputs: Vec<String>,
+    output_names: Vec<String>,
+    reference: Vec<Vec<Tensor>>,
+    bounds: &'a Bounds,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(float: &ModelProto, held: &'a DataSource, bounds: &'a Bounds) -> Result<Self> {
+        let inputs: Vec<String> = InputSpec::of_model(float)?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let runner = Runner::new(float, &inputs, false).map_err(Error::Tract)?;
+        let mut reference = Vec::with_capacity(held.len());
+        for i in 0..held.len() {
+            let sample = held.load(i)?;
+            reference.push(runner.run(sample.inputs).map_err(|e| {
+                Error::Tract(format!("the float model failed on {}: {e}", sample.label))
+            })?);
+        }
+        Ok(Evaluator {
+            held,
+            inputs,
+            output_names: runner.output_names().to_vec(),
+            reference,
+            bounds,
+        })
+    }
+
+    fn measure(&self, quantized: &ModelProto) -> Result<Measured> {
+        let runner = Runner::new(quantized, &self.inputs, false).map_err(Error::Tract)?;
+        let mut acc = vec![ErrorAccumulator::default(); self.output_names.len()];
+        for (i, reference) in self.reference.iter().enumerate() {
+            let sample = self.held.load(i)?;
+            let outputs = runner.run(sample.inputs).map_err(|e| {
+                Error::Tract(format!(
+                    "a candidate quantized model failed on {}: {e}",
+                    sample.label
+                ))
+            })?;
+            for ((a, x), y) in acc.iter_mut().zip(reference).zip(&outputs) {
+                if x.datum_type().is_float() {
+                    accumulate(a, x, y).map_err(Error::Tract)?;
+                }
+            }
+        }
+        let all: BTreeMap<String, ErrorMetrics> = self
+            .output_names
+            .iter()
+            .cloned()
+            .zip(acc.iter().map(ErrorAccumulator::metrics))
+            .filter(|(_, m)| m.values > 0)
+            .collect();
+        let score = self.bounds.score(&all)?;
+        let watched: BTreeMap<String, ErrorMetrics> = self
+            .bounds
+            .watched(&all)?
+            .into_iter()
+            .map(|(n, m)| (n.to_string(), *m))
+            .collect();
+        Ok(Measured {
+            score,
+            outputs: watched,
+        })
+    }
+
+    fn met(&self, m: &Measured) -> Result<bool> {
+        Ok(self.bounds.check(&m.outputs)?.is_empty())
+    }
+}
+
+/// The fallback that returns node `n` to float: the node and the quantized activations it
+/// reads and writes.
+fn fallback_of(graph: &GraphProto, plan: &Plan, n: usize) -> Fallback {
+    let node = &graph.node[n];
+    let mut f = Fallback::default();
+    f.nodes.insert(n);
+    f.tensors.extend(
+        node.input
+            .iter()
+            .chain(&node.output)
+            .filter(|t| plan.activations.contains_key(t.as_str()))
+            .cloned(),
+    );
+    f
+}
+
+fn merged(a: &Fallback, b: &Fallback) -> Fallback {
+    let mut m = a.clone();
+    m.nodes.extend(b.nodes.iter().copied());
+    m.tensors.extend(b.tensors.iter().cloned());
+    m
+}
+
+/// Nodes that add quantization error of their own: they have weights or their own output
+/// range. Data movement (outputs sharing the input's parameters) does not.
+fn candidates(graph: &GraphProto, plan: &Plan) -> Vec<usize> {
+    plan.quantized
+        .iter()
+        .copied()
+        .filter(|&n| {
+            rule_for(graph.node[n].op_type()).is_some_and(|r| {
+                !matches!(r.output, OutputRole::SameAsInput(_))
+                    || r.inputs.iter().any(|i| matches!(i, InputRole::Weight(_)))
+            })
+        })
+        .collect()
+}
+
+/// Searches the fallback set that meets `config.bounds` on `held`. `build` turns a plan
+/// configuration into the quantized model (plan + rewrite); `float` is the model the errors
+/// are measured against. Returns the final configuration and the report.
+pub fn search(
+    float: &ModelProto,
+    graph: &GraphProto,
+    base: &PlanConfig,
+    baseline: &Plan,
+    held: &DataSource,
+    config: &AccuracyConfig,
+    build: &(dyn Fn(&PlanConfig) -> Result<ModelProto> + Sync),
+) -> Result<(PlanConfig, AccuracyReport)> {
+    let start = std::time::Instant::now();
+    let evaluator = Evaluator::new(float, held, &config.bounds)?;
+    let initial = evaluator.measure(&build(base)?)?;
+    let mut report = AccuracyReport {
+        bounds: config.bounds.clone(),
+        held_out_samples: held.len(),
+        initial: initial.clone(),
+        candidates: 0,
+        steps: Vec::new(),
+        undone: Vec::new(),
+        result: initial.clone(),
+        met: evaluator.met(&initial)?,
+        seconds: 0.0,
+    };
+    if report.met {
+        report.seconds = start.elapsed().as_secs_f64();
+        return Ok((base.clone(), report));
+    }
+    // Sensitivity of each candidate alone, several candidate models at once.
+    let nodes = candidates(graph, baseline);
+    report.candidates = nodes.len();
+    let gains: Mutex<Vec<(usize, f64)>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..config.threads.clamp(1, nodes.len().max(1)) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= nodes.len() || first_error.lock().map_or(true, |e| e.is_some()) {
+                    break;
+                }
+                let n = nodes[k];
+                let mut cfg = base.clone();
+                cfg.fallback = merged(&base.fallback, &fallback_of(graph, baseline, n));
+                match build(&cfg).and_then(|m| evaluator.measure(&m)) {
+                    Ok(m) => {
+                        if let Ok(mut g) = gains.lock() {
+                            g.push((n, m.score - initial.score));
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut gains = gains.into_inner().unwrap_or_default();
+    // Largest gain first; ties by graph order so that the search is deterministic.
+    gains.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+
+    let mut current = base.clone();
+    let mut current_measured = initial;
+    for (n, gain) in gains {
+        if current.fallback.nodes.contains(&n) {
+            continue;
+        }
+        let mut cfg = current.clone();
+        cfg.fallback = merged(&current.fallback, &fallback_of(graph, baseline, n));
+        let measured = evaluator.measure(&build(&cfg)?)?;
+        let node = node_label(&graph.node[n]);
+        if measured.score < current_measured.score - 1e-6 {
+            report.undone.push(node);
+            continue;
+        }
+        report.steps.push(FallbackStep {
+            node,
+            op_type: graph.node[n].op_type().to_string(),
+            gain_alone: gain,
+            after: measured.clone(),
+        });
+        current = cfg;
+        current_measured = measured;
+        if evaluator.met(&current_measured)? {
+            break;
+        }
+    }
+    report.met = evaluator.met(&current_measured)?;
+    report.result = current_measured;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok((current, report))
+}
