@@ -89,9 +89,8 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         for step in &a.steps {
             let _ = writeln!(
                 t,
-                "  float {} ({}), {:+.2} dB alone: {}",
+                "  float {}, {:+.2} alone: {}",
                 step.node,
-                step.op_type,
                 step.gain_alone,
                 brief(&step.after.outputs)
             );

@@ -4,7 +4,8 @@ Usage: quant_check.py FLOAT.onnx QUANT.onnx DATA_DIR [--labels LABELS.json] [--l
 
 Prints one JSON object:
   checker    "ok" or the error of onnx.checker.check_model(full_check=True)
-  outputs    per float model output: sqnr_db, cosine, max_abs, and top1_agreement for
+  outputs    per float model output: sqnr_db, cosine (all samples pooled), mean_cosine (mean
+             of each sample's cosine), max_abs, and top1_agreement for
              [N, C] outputs with C >= 2, computed over every DATA_DIR/*.npz sample with
              onnxruntime, all graph optimizations off (reference values)
   accuracy   {"float": a, "quant": b} when --labels is given: fraction of rows whose
@@ -86,6 +87,8 @@ for k, path in enumerate(files):
         s["dot"] += (xd * yd).sum()
         s["qq"] += (yd * yd).sum()
         s["max_abs"] = max(s["max_abs"], float(np.abs(xd - yd).max(initial=0.0)))
+        nx, ny = np.sqrt((xd * xd).sum()), np.sqrt((yd * yd).sum())
+        s["cos_sum"] += float((xd * yd).sum() / (nx * ny)) if nx * ny > 0 else float(np.array_equal(xd, yd))
         if x.ndim == 2 and x.shape[1] >= 2:
             s["rows"] += x.shape[0]
             s["top1"] += float((x.argmax(1) == y.argmax(1)).sum())
@@ -102,6 +105,7 @@ for n in names:
         "cosine": float(s["dot"] / np.sqrt(s["sig"] * s["qq"])) if s["sig"] * s["qq"] > 0
         else float(s["err"] == 0),
         "max_abs": s["max_abs"],
+        "mean_cosine": s["cos_sum"] / seen,
     }
     if s["rows"]:
         m["top1_agreement"] = s["top1"] / s["rows"]
