@@ -84,87 +84,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn python_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/py")
-        .join(name)
-}
-
-/// Runs a Python script of tests/py with the oracle interpreter; panics with its output on
-/// failure.
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(common::python())
-        .arg(python_script(script))
-        .args(args)
-        .output()
-        .expect("starting python");
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `model_data.py KIND DIR --samples N --seed S [--source SRC]`.
-fn make_data(kind: &str, dir: &Path, samples: usize, seed: u32, source: Option<&Path>) {
-    let (n, s) = (samples.to_string(), seed.to_string());
-    let mut args = vec![kind, dir.to_str().unwrap(), "--samples", &n, "--seed", &s];
-    if let Some(src) = source {
-        args.extend(["--source", src.to_str().unwrap()]);
-    }
-    python("model_data.py", &args);
-}
-
-/// Quantizes with the CLI; returns the report.
-fn quantize(model: &Path, calib: &Path, out: &Path) -> serde_json::Value {
-    let report = out.with_extension("report.json");
-    let r = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
-        .arg("quantize")
-        .arg(model)
-        .arg("--calib")
-        .arg(calib)
-        .arg("-o")
-        .arg(out)
-        .arg("--report")
-        .arg(&report)
-        .args(["--compare-samples", "1000", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        r.status.success(),
-        "{}: quantize failed:\n{}",
-        model.display(),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
-}
-
-/// The reference tools' verdict on `quantized`, over the held-out samples.
-fn check(
-    float: &Path,
-    quantized: &Path,
-    held_out: &Path,
-    labels: Option<&str>,
-) -> serde_json::Value {
-    let mut args = vec![
-        float.to_str().unwrap(),
-        quantized.to_str().unwrap(),
-        held_out.to_str().unwrap(),
-    ];
-    let labels_file = held_out.join("labels.json");
-    if let Some(output) = labels {
-        args.extend([
-            "--labels",
-            labels_file.to_str().unwrap(),
-            "--label-output",
-            output,
-        ]);
-    }
-    serde_json::from_str(python("quant_check.py", &args).trim()).unwrap()
-}
-
 /// The checks every model shares: checker, int8 kernels, file size; returns the verdict.
 fn assert_int8_model(
     name: &str,
@@ -220,11 +139,11 @@ fn real_model(case: &Case) {
     let model = common::require(common::cache_dir().join("models").join(&rel));
     let dir = tempfile::tempdir().unwrap();
     let (calib, held) = (dir.path().join("calib"), dir.path().join("held"));
-    make_data(case.kind, &calib, 32, 0, None);
-    make_data(case.kind, &held, 32, 1, None);
+    common::make_data(case.kind, &calib, 32, 0, None);
+    common::make_data(case.kind, &held, 32, 1, None);
     let out = dir.path().join("int8.onnx");
-    let report = quantize(&model, &calib, &out);
-    let verdict = check(&model, &out, &held, None);
+    let report = common::quantize(&model, &calib, &out);
+    let verdict = common::check(&model, &out, &held, None);
     assert_int8_model(
         case.kind,
         &model,
@@ -244,7 +163,7 @@ fn real_model(case: &Case) {
     // The summary's own figure, computed in tract on the calibration samples, agrees with
     // onnxruntime on the same samples.
     let ours = report["outputs"][case.output]["sqnr_db"].as_f64().unwrap();
-    let on_calib = check(&model, &out, &calib, None);
+    let on_calib = common::check(&model, &out, &calib, None);
     let theirs = on_calib["outputs"][case.output]["sqnr_db"]
         .as_f64()
         .unwrap();
@@ -289,15 +208,15 @@ fn silero_vad_16k_sequence() {
 fn digits_mlp_keeps_its_accuracy_within_0_3_points() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("digits");
-    python("digits_mlp.py", &[src.to_str().unwrap()]);
+    common::python_ok("digits_mlp.py", &[src.to_str().unwrap()]);
     let model = src.join("mlp.onnx");
     let held = dir.path().join("held");
     // The whole held-out 30 % split: 540 rows, one sample each.
-    make_data("digits", &held, 540, 1, Some(&src));
+    common::make_data("digits", &held, 540, 1, Some(&src));
     let out = dir.path().join("int8.onnx");
     // Calibration: 128 training rows as one stacked .npy.
-    let report = quantize(&model, &src.join("calib.npy"), &out);
-    let verdict = check(&model, &out, &held, Some("label"));
+    let report = common::quantize(&model, &src.join("calib.npy"), &out);
+    let verdict = common::check(&model, &out, &held, Some("label"));
     assert_int8_model("digits", &model, &out, &report, &verdict, 0.40);
     let float = verdict["accuracy"]["float"].as_f64().unwrap();
     let quant = verdict["accuracy"]["quant"].as_f64().unwrap();
@@ -341,7 +260,7 @@ fn light_models_at_opset_9_quantize_to_loadable_int8_models() {
             continue;
         }
         let data = dir.path().join(&name);
-        python(
+        common::python_ok(
             "calib_oracle.py",
             &[
                 model.to_str().unwrap(),
@@ -354,10 +273,10 @@ fn light_models_at_opset_9_quantize_to_loadable_int8_models() {
             ],
         );
         let out = dir.path().join(format!("{name}.int8.onnx"));
-        let report = quantize(&model, &data.join("data"), &out);
+        let report = common::quantize(&model, &data.join("data"), &out);
         assert_eq!(report["opset_before"], 9, "{name}");
         assert_eq!(report["opset_after"], 13, "{name}");
-        let verdict = check(&model, &out, &data.join("data"), None);
+        let verdict = common::check(&model, &out, &data.join("data"), None);
         // The float file holds fills, not weights: no size bound.
         assert_int8_model(&name, &model, &out, &report, &verdict, f64::INFINITY);
         checked += 1;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+// Helpers for tests that run the CLI and check its output with the Python oracle.
+
 /// `$ONNX_PTQ_CACHE`, or `~/.cache/onnx-ptq`.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("ONNX_PTQ_CACHE")
@@ -98,4 +100,91 @@ pub fn run_python(script: &str, args: &[&str], stdin: &str) -> String {
         out.status
     );
     String::from_utf8(out.stdout).expect("oracle output is UTF-8")
+}
+
+fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name)
+}
+
+/// Runs a Python script of tests/py with the oracle interpreter; panics with its output on
+/// failure.
+pub fn python_ok(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(python_script(script))
+        .args(args)
+        .output()
+        .expect("starting python");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `model_data.py KIND DIR --samples N --seed S [--source SRC]`.
+pub fn make_data(kind: &str, dir: &Path, samples: usize, seed: u32, source: Option<&Path>) {
+    let (n, s) = (samples.to_string(), seed.to_string());
+    let mut args = vec![kind, dir.to_str().unwrap(), "--samples", &n, "--seed", &s];
+    if let Some(src) = source {
+        args.extend(["--source", src.to_str().unwrap()]);
+    }
+    python_ok("model_data.py", &args);
+}
+
+/// Quantizes with the CLI (plus `extra` arguments); returns the report.
+pub fn quantize_with(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let report = out.with_extension("report.json");
+    let r = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
+        .arg("quantize")
+        .arg(model)
+        .arg("--calib")
+        .arg(calib)
+        .arg("-o")
+        .arg(out)
+        .arg("--report")
+        .arg(&report)
+        .args(["--compare-samples", "1000", "-q"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "{}: quantize failed:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+/// Quantizes with the CLI; returns the report.
+pub fn quantize(model: &Path, calib: &Path, out: &Path) -> serde_json::Value {
+    quantize_with(model, calib, out, &[])
+}
+
+/// The reference tools' verdict on `quantized`, over the held-out samples.
+pub fn check(
+    float: &Path,
+    quantized: &Path,
+    held_out: &Path,
+    labels: Option<&str>,
+) -> serde_json::Value {
+    let mut args = vec![
+        float.to_str().unwrap(),
+        quantized.to_str().unwrap(),
+        held_out.to_str().unwrap(),
+    ];
+    let labels_file = held_out.join("labels.json");
+    if let Some(output) = labels {
+        args.extend([
+            "--labels",
+            labels_file.to_str().unwrap(),
+            "--label-output",
+            output,
+        ]);
+    }
+    serde_json::from_str(python_ok("quant_check.py", &args).trim()).unwrap()
 }

@@ -14,8 +14,9 @@ Prints one JSON object:
              entry per sample file, a number or a list (one per row of a batched sample)
   kernels    op histogram of onnxruntime's fully optimized graph of QUANT
              (SessionOptions.optimized_model_filepath)
-  unfused    the Conv / MatMul / Gemm nodes of that optimized graph that still read a
-             DequantizeLinear output, i.e. run as DQ -> float op instead of an int8 kernel
+  unfused    the Conv / MatMul / Gemm nodes of that optimized graph whose weight (input 1) is
+             still a DequantizeLinear output, i.e. that run as DQ -> float op instead of an
+             int8 kernel (a node left float that merely reads a dequantized activation is not)
              (ConvTranspose is not counted: the CPU provider has no int8 kernel for it)
 """
 import argparse
@@ -123,7 +124,7 @@ unfused = [
     f"{n.name} ({n.op_type})"
     for n in optimized.graph.node
     if n.op_type in ("Conv", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul")
-    and any(i in dq_outputs for i in n.input)
+    and len(n.input) > 1 and n.input[1] in dq_outputs
 ]
 result = {
     "checker": checker,
