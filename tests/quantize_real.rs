@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 struct Case {
     /// Model path under the cache's `models/` (the digits MLP is trained by the test).
