@@ -103,13 +103,9 @@ fn quantize_cli_writes_a_deterministic_model_and_never_overwrites_its_input() {
     let exe = env!("CARGO_BIN_EXE_onnx-ptq");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let dir = tempfile::tempdir().unwrap();
-    let run = |out: &Path| {
+    let run_on = |model: &Path, out: &Path| {
         std::process::Command::new(exe)
-            .args([
-                "quantize",
-                root.join("cnn.onnx").to_str().unwrap(),
-                "--calib",
-            ])
+            .args(["quantize", model.to_str().unwrap(), "--calib"])
             .arg(root.join("cnn_calib"))
             .arg("-o")
             .arg(out)
@@ -117,6 +113,7 @@ fn quantize_cli_writes_a_deterministic_model_and_never_overwrites_its_input() {
             .output()
             .unwrap()
     };
+    let run = |out: &Path| run_on(&root.join("cnn.onnx"), out);
     let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
     for out in [&a, &b] {
         let r = run(out);
@@ -128,6 +125,25 @@ fn quantize_cli_writes_a_deterministic_model_and_never_overwrites_its_input() {
         std::fs::read(&b).unwrap(),
         "reruns differ"
     );
+    // A QDQ model in (ours here, as a QAT export would be): its Q/DQ are kept, none is added.
+    let again = dir.path().join("again.onnx");
+    let r = run_on(&a, &again);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ops = |p: &Path| -> Vec<String> {
+        let m = onnx_ptq::onnx::Model::load(p).unwrap();
+        let mut v: Vec<String> = m
+            .proto
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ops(&a), ops(&again));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("already quantized in the input model"));
     // The input model as output: refused, untouched.
     let copy = dir.path().join("cnn.onnx");
     std::fs::copy(root.join("cnn.onnx"), &copy).unwrap();

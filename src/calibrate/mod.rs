@@ -128,6 +128,18 @@ impl Calibrator {
 
     /// Checks every sample of `source`, runs them all, and computes each tensor's range.
     pub fn calibrate(&self, source: &DataSource, config: &CalibrationConfig) -> Result<Ranges> {
+        self.calibrate_keeping_outputs(source, config, 0)
+            .map(|(ranges, _)| ranges)
+    }
+
+    /// [`Calibrator::calibrate`], also returning the model's outputs on the first `keep`
+    /// samples, in the order of the graph's outputs.
+    pub fn calibrate_keeping_outputs(
+        &self,
+        source: &DataSource,
+        config: &CalibrationConfig,
+        keep: usize,
+    ) -> Result<(Ranges, Vec<Vec<tract_onnx::prelude::Tensor>>)> {
         if source.is_empty() {
             return Err(Error::Model("the calibration data holds no sample".into()));
         }
@@ -135,12 +147,17 @@ impl Calibrator {
         let start = Instant::now();
         let bar = progress_bar(source.len(), config.progress);
         let bins = config.method.needs_histogram().then_some(config.bins);
-        let stats = self
-            .observer
-            .run(source, bins, config.threads, &|| bar.inc(1))?;
+        let (stats, kept) = self.observer.run_keeping_outputs(
+            source,
+            bins,
+            config.threads,
+            &|| bar.inc(1),
+            keep,
+        )?;
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
-        ranges_from_stats(&self.model_name, &stats, source.len(), seconds, config)
+        let ranges = ranges_from_stats(&self.model_name, &stats, source.len(), seconds, config)?;
+        Ok((ranges, kept))
     }
 }
 

@@ -16,6 +16,9 @@ use crate::engine::guard;
 use crate::error::{Error, Result};
 use crate::onnx::pb::ModelProto;
 
+/// Model outputs of the first samples of a run, one `Vec` per sample.
+pub type KeptOutputs = Vec<Vec<Tensor>>;
+
 /// Statistics of one tensor over every sample seen.
 #[derive(Debug, Clone)]
 pub struct TensorStats {
@@ -242,6 +245,21 @@ impl Observer {
         threads: usize,
         on_sample: &(dyn Fn() + Sync),
     ) -> Result<BTreeMap<String, TensorStats>> {
+        self.run_keeping_outputs(source, histogram_bins, threads, on_sample, 0)
+            .map(|(stats, _)| stats)
+    }
+
+    /// [`Observer::run`], also returning the model outputs of the first `keep` samples (in
+    /// sample order): the float reference a comparison would otherwise run the model again for.
+    pub fn run_keeping_outputs(
+        &self,
+        source: &DataSource,
+        histogram_bins: Option<usize>,
+        threads: usize,
+        on_sample: &(dyn Fn() + Sync),
+        keep: usize,
+    ) -> Result<(BTreeMap<String, TensorStats>, KeptOutputs)> {
+        let kept: Mutex<BTreeMap<usize, Vec<Tensor>>> = Mutex::new(BTreeMap::new());
         let next = AtomicUsize::new(0);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let threads = threads.clamp(1, source.len().max(1));
@@ -260,9 +278,17 @@ impl Observer {
                             if i >= source.len() {
                                 break;
                             }
-                            if let Err(e) = self.run_sample(source, i, &mut stats) {
-                                record(&first_error, e);
-                                break;
+                            match self.run_sample(source, i, &mut stats) {
+                                Ok(outputs) if i < keep => {
+                                    if let Ok(mut k) = kept.lock() {
+                                        k.insert(i, outputs);
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    record(&first_error, e);
+                                    break;
+                                }
                             }
                             on_sample();
                         }
@@ -286,7 +312,12 @@ impl Observer {
                 m.merge(p);
             }
         }
-        Ok(self.tensors.iter().cloned().zip(merged).collect())
+        let kept = kept
+            .into_inner()
+            .unwrap_or_default()
+            .into_values()
+            .collect();
+        Ok((self.tensors.iter().cloned().zip(merged).collect(), kept))
     }
 
     fn run_sample(
@@ -294,7 +325,7 @@ impl Observer {
         source: &DataSource,
         index: usize,
         stats: &mut [TensorStats],
-    ) -> Result<()> {
+    ) -> Result<Vec<Tensor>> {
         let sample = source.load(index)?;
         let shapes: Vec<Vec<usize>> = sample.inputs.iter().map(|t| t.shape().to_vec()).collect();
         let built = self.plan_for(shapes)?;
@@ -330,7 +361,7 @@ impl Observer {
                     }
                     Ok::<_, anyhow::Error>(outs)
                 })
-                .map(|_| ())
+                .map(|outputs| outputs.into_iter().map(|v| v.into_tensor()).collect())
                 .map_err(|e| format!("running sample {label} in tract: {e:#}"))
         })
         .map_err(Error::Tract)

@@ -56,7 +56,7 @@ pub enum Command {
         #[arg(long, value_name = "JSON")]
         report: Option<PathBuf>,
         /// Calibration samples the fp32-vs-int8 figures of the summary are computed on.
-        #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         compare_samples: u64,
         /// Per-tensor settings (JSON): {"tensor": {"range": [lo, hi], "type": "u8"|"s8",
         /// "symmetric": true, "keep_float": true}, ...}.

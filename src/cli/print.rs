@@ -57,6 +57,18 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         s.rewrite.weights,
         s.rewrite.biases
     );
+    if !s.without_int8_kernel.is_empty() {
+        let ops: Vec<String> = s
+            .without_int8_kernel
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "no int8 kernel in onnxruntime (DQ -> float op -> Q): {}",
+            ops.join(", ")
+        );
+    }
     // One line per reason, listing the op types it kept float: a model has hundreds of shape
     // nodes, and the report file has each node by name.
     let mut reasons: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();

@@ -17,9 +17,9 @@ use tract_onnx::prelude::Tensor;
 
 use super::plan::{Fallback, Plan, PlanConfig};
 use super::rules::{rule_for, InputRole, OutputRole};
-use crate::calibrate::{DataSource, InputSpec};
-use crate::compare::{accumulate, Bounds, ErrorAccumulator, ErrorMetrics};
-use crate::engine::Runner;
+use super::simulate::fold_constant_dequantize;
+use crate::calibrate::DataSource;
+use crate::compare::{compare_to_reference, reference_outputs, Bounds, ErrorMetrics};
 use crate::error::{Error, Result};
 use crate::onnx::pb::{GraphProto, ModelProto};
 use crate::onnx::walk::node_label;
@@ -84,7 +84,6 @@ pub struct AccuracyReport {
 /// model against them.
 struct Evaluator<'a> {
     held: &'a DataSource,
-    inputs: Vec<String>,
     output_names: Vec<String>,
     reference: Vec<Vec<Tensor>>,
     bounds: &'a Bounds,
@@ -92,51 +91,24 @@ struct Evaluator<'a> {
 
 impl<'a> Evaluator<'a> {
     fn new(float: &ModelProto, held: &'a DataSource, bounds: &'a Bounds) -> Result<Self> {
-        let inputs: Vec<String> = InputSpec::of_model(float)?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        let runner = Runner::new(float, &inputs, false).map_err(Error::Tract)?;
-        let mut reference = Vec::with_capacity(held.len());
-        for i in 0..held.len() {
-            let sample = held.load(i)?;
-            reference.push(runner.run(sample.inputs).map_err(|e| {
-                Error::Tract(format!("the float model failed on {}: {e}", sample.label))
-            })?);
-        }
+        let (output_names, reference) = reference_outputs(float, held)?;
         Ok(Evaluator {
             held,
-            inputs,
-            output_names: runner.output_names().to_vec(),
+            output_names,
             reference,
             bounds,
         })
     }
 
-    fn measure(&self, quantized: &ModelProto) -> Result<Measured> {
-        let runner = Runner::new(quantized, &self.inputs, false).map_err(Error::Tract)?;
-        let mut acc = vec![ErrorAccumulator::default(); self.output_names.len()];
-        for (i, reference) in self.reference.iter().enumerate() {
-            let sample = self.held.load(i)?;
-            let outputs = runner.run(sample.inputs).map_err(|e| {
-                Error::Tract(format!(
-                    "a candidate quantized model failed on {}: {e}",
-                    sample.label
-                ))
-            })?;
-            for ((a, x), y) in acc.iter_mut().zip(reference).zip(&outputs) {
-                if x.datum_type().is_float() {
-                    accumulate(a, x, y).map_err(Error::Tract)?;
-                }
-            }
-        }
-        let all: BTreeMap<String, ErrorMetrics> = self
-            .output_names
-            .iter()
-            .cloned()
-            .zip(acc.iter().map(ErrorAccumulator::metrics))
-            .filter(|(_, m)| m.values > 0)
-            .collect();
+    /// The error of `quantized`, its samples spread over `threads` workers.
+    fn measure(&self, quantized: &ModelProto, threads: usize) -> Result<Measured> {
+        let all = compare_to_reference(
+            &fold_constant_dequantize(quantized),
+            self.held,
+            &self.reference,
+            &self.output_names,
+            threads,
+        )?;
         let score = self.bounds.score(&all)?;
         let watched: BTreeMap<String, ErrorMetrics> = self
             .bounds
@@ -207,7 +179,8 @@ pub fn search(
 ) -> Result<(PlanConfig, AccuracyReport)> {
     let start = std::time::Instant::now();
     let evaluator = Evaluator::new(float, held, &config.bounds)?;
-    let initial = evaluator.measure(&build(base)?)?;
+    let threads = config.threads.max(1);
+    let initial = evaluator.measure(&build(base)?, threads)?;
     let mut report = AccuracyReport {
         bounds: config.bounds.clone(),
         held_out_samples: held.len(),
@@ -230,7 +203,7 @@ pub fn search(
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        for _ in 0..config.threads.clamp(1, nodes.len().max(1)) {
+        for _ in 0..threads.min(nodes.len().max(1)) {
             scope.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 if k >= nodes.len() || first_error.lock().map_or(true, |e| e.is_some()) {
@@ -239,7 +212,8 @@ pub fn search(
                 let n = nodes[k];
                 let mut cfg = base.clone();
                 cfg.fallback = merged(&base.fallback, &fallback_of(graph, baseline, n));
-                match build(&cfg).and_then(|m| evaluator.measure(&m)) {
+                // Candidates run `threads` at a time, each on one core.
+                match build(&cfg).and_then(|m| evaluator.measure(&m, 1)) {
                     Ok(m) => {
                         if let Ok(mut g) = gains.lock() {
                             g.push((n, m.score - initial.score));
@@ -269,7 +243,7 @@ pub fn search(
         }
         let mut cfg = current.clone();
         cfg.fallback = merged(&current.fallback, &fallback_of(graph, baseline, n));
-        let measured = evaluator.measure(&build(&cfg)?)?;
+        let measured = evaluator.measure(&build(&cfg)?, threads)?;
         let node = node_label(&graph.node[n]);
         if measured.score < current_measured.score - 1e-6 {
             report.undone.push(node);

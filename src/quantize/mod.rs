@@ -8,6 +8,7 @@ pub mod plan;
 pub mod prep;
 pub mod rewrite;
 pub mod rules;
+pub mod simulate;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -80,6 +81,9 @@ pub struct QuantizeReport {
     pub quantized_tensors: usize,
     /// Quantized nodes, by op type.
     pub quantized_ops: BTreeMap<String, usize>,
+    /// Quantized nodes (by op type) that ONNX Runtime's CPU provider has no int8 kernel for:
+    /// they run as DequantizeLinear, the float op, QuantizeLinear (data movement not counted).
+    pub without_int8_kernel: BTreeMap<String, usize>,
     /// Nodes left float.
     pub float_nodes: Vec<FloatNode>,
     /// The rewrite's counts.
@@ -97,6 +101,24 @@ pub struct QuantizeReport {
     /// The accuracy search, when bounds were given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<AccuracyReport>,
+}
+
+/// Runs the quantized model as it will be written (no folding) once in tract, on the first
+/// calibration sample: the execution half of the validation.
+fn validate_in_tract(quantized: &ModelProto, source: &DataSource) -> Result<()> {
+    let inputs: Vec<String> = crate::calibrate::InputSpec::of_model(quantized)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let runner = crate::engine::Runner::new(quantized, &inputs, false).map_err(Error::Tract)?;
+    let sample = source.load(0)?;
+    runner.run(sample.inputs).map_err(|e| {
+        Error::Tract(format!(
+            "internal error: the quantized model does not run on {}: {e}",
+            sample.label
+        ))
+    })?;
+    Ok(())
 }
 
 /// Refuses overrides that name no tensor of the model (a typo would otherwise pass silently),
@@ -249,13 +271,20 @@ pub fn quantize(
         }
         None => (source.clone(), None),
     };
-    let (ranges, calibration_seconds) = match ranges {
-        Some(r) => (r, 0.0),
+    // The summary compares against the float outputs calibration computes anyway (of the
+    // prepared model, which computes the same function) instead of running it again.
+    let compare_source = calib_source.head(config.compare_samples.max(1));
+    let (ranges, calibration_seconds, reference) = match ranges {
+        Some(r) => (r, 0.0, None),
         None => {
             let calibrator = Calibrator::new(&prepared, model_name)?;
             let start = Instant::now();
-            let r = calibrator.calibrate(&calib_source, &config.calibration)?;
-            (r, start.elapsed().as_secs_f64())
+            let (r, kept) = calibrator.calibrate_keeping_outputs(
+                &calib_source,
+                &config.calibration,
+                compare_source.len(),
+            )?;
+            (r, start.elapsed().as_secs_f64(), Some(kept))
         }
     };
     clock.lap("calibrate");
@@ -281,10 +310,15 @@ pub fn quantize(
     }
     let plan = plan::plan(graph, &plan_config, &lookup);
     let mut quantized_ops: BTreeMap<String, usize> = BTreeMap::new();
+    let mut without_int8_kernel: BTreeMap<String, usize> = BTreeMap::new();
     for &n in &plan.quantized {
-        *quantized_ops
-            .entry(graph.node[n].op_type().to_string())
-            .or_default() += 1;
+        let op = graph.node[n].op_type();
+        *quantized_ops.entry(op.to_string()).or_default() += 1;
+        if rules::rule_for(op).is_some_and(|r| {
+            !r.int8_kernel && !matches!(r.output, rules::OutputRole::SameAsInput(_))
+        }) {
+            *without_int8_kernel.entry(op.to_string()).or_default() += 1;
+        }
     }
     let float_nodes: Vec<FloatNode> = plan
         .float
@@ -310,14 +344,20 @@ pub fn quantize(
             text.join("\n  ")
         )));
     }
-    let compared = crate::compare::compare_models(
-        model,
-        &quantized,
-        &source.head(config.compare_samples.max(1)),
-        &crate::compare::CompareConfig {
-            per_layer: false,
-            latency_runs: 0,
-        },
+    let (output_names, reference) = match reference {
+        Some(kept) => (
+            graph.output.iter().map(|o| o.name().to_string()).collect(),
+            kept,
+        ),
+        None => crate::compare::reference_outputs(model, &compare_source)?,
+    };
+    validate_in_tract(&quantized, &compare_source)?;
+    let outputs = crate::compare::compare_to_reference(
+        &simulate::fold_constant_dequantize(&quantized),
+        &compare_source,
+        &reference,
+        &output_names,
+        config.calibration.threads.max(1),
     )?;
     clock.lap("validate and compare");
     let report = QuantizeReport {
@@ -334,16 +374,13 @@ pub fn quantize(
         calibration_seconds,
         quantized_tensors: plan.activations.len(),
         quantized_ops,
+        without_int8_kernel,
         float_nodes,
         rewrite: stats,
         bytes_before,
         bytes_after: quantized.encoded_len() as u64,
-        outputs: compared
-            .outputs
-            .into_iter()
-            .filter(|(_, m)| m.values > 0)
-            .collect(),
-        compared_samples: compared.samples,
+        outputs,
+        compared_samples: compare_source.len(),
         accuracy: accuracy_report,
     };
     Ok((quantized, report))
