@@ -55,6 +55,30 @@ pub fn load_bytes(bytes: &[u8]) -> Result<InferenceModel, String> {
         .map_err(|e| format!("tract could not load the model: {e:#}"))
 }
 
+/// Sets the fact of each named input; returns each one's tract input slot, in the given order.
+pub fn set_input_facts(
+    inference: &mut InferenceModel,
+    facts: &[(&str, InferenceFact)],
+) -> Result<Vec<usize>, String> {
+    let outlets = inference
+        .input_outlets()
+        .map_err(|e| e.to_string())?
+        .to_vec();
+    facts
+        .iter()
+        .map(|(name, fact)| {
+            let slot = outlets
+                .iter()
+                .position(|o| inference.node(o.node).name == *name)
+                .ok_or_else(|| format!("tract has no input named '{name}'"))?;
+            inference
+                .set_input_fact(slot, fact.clone())
+                .map_err(|e| format!("input '{name}': {e:#}"))?;
+            Ok(slot)
+        })
+        .collect()
+}
+
 /// ONNX names of a typed model's outputs, in order.
 pub fn output_names(typed: &TypedModel) -> Result<Vec<String>, String> {
     Ok(typed
@@ -162,21 +186,13 @@ impl Runner {
 
     fn build(&self, facts: &[InferenceFact]) -> Result<Built, String> {
         let mut inference = self.inference.clone();
-        let outlets = inference
-            .input_outlets()
-            .map_err(|e| e.to_string())?
-            .to_vec();
-        let mut input_slots = Vec::with_capacity(self.input_names.len());
-        for (name, fact) in self.input_names.iter().zip(facts) {
-            let slot = outlets
-                .iter()
-                .position(|o| inference.node(o.node).name == *name)
-                .ok_or_else(|| format!("tract has no input named '{name}'"))?;
-            inference
-                .set_input_fact(slot, fact.clone())
-                .map_err(|e| format!("input '{name}': {e:#}"))?;
-            input_slots.push(slot);
-        }
+        let named: Vec<(&str, InferenceFact)> = self
+            .input_names
+            .iter()
+            .map(String::as_str)
+            .zip(facts.iter().cloned())
+            .collect();
+        let input_slots = set_input_facts(&mut inference, &named)?;
         let typed = inference
             .into_typed()
             .map_err(|e| format!("tract could not type the model: {e:#}"))?;

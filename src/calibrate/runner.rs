@@ -180,23 +180,20 @@ impl Observer {
 
     fn build(&self, shapes: &[Vec<usize>]) -> std::result::Result<Built, String> {
         let mut inference = self.inference.clone();
-        let outlets = inference
-            .input_outlets()
-            .map_err(|e| e.to_string())?
-            .to_vec();
-        let mut input_slots = Vec::with_capacity(self.inputs.len());
-        for (spec, shape) in self.inputs.iter().zip(shapes) {
-            let slot = outlets
-                .iter()
-                .position(|o| inference.node(o.node).name == spec.name)
-                .ok_or_else(|| format!("tract has no input named '{}'", spec.name))?;
-            let dt = crate::engine::datum_type(spec.elem_type)
-                .ok_or_else(|| format!("input '{}' has a type tract cannot hold", spec.name))?;
-            inference
-                .set_input_fact(slot, InferenceFact::dt_shape(dt, shape.clone()))
-                .map_err(|e| format!("input '{}': {e:#}", spec.name))?;
-            input_slots.push(slot);
-        }
+        let facts = self
+            .inputs
+            .iter()
+            .zip(shapes)
+            .map(|(spec, shape)| {
+                let dt = crate::engine::datum_type(spec.elem_type)
+                    .ok_or_else(|| format!("input '{}' has a type tract cannot hold", spec.name))?;
+                Ok((
+                    spec.name.as_str(),
+                    InferenceFact::dt_shape(dt, shape.clone()),
+                ))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        let input_slots = crate::engine::set_input_facts(&mut inference, &facts)?;
         let typed = inference
             .into_typed()
             .map_err(|e| format!("tract could not type the model: {e:#}"))?;

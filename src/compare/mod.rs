@@ -117,18 +117,7 @@ pub fn compare_models(
         }
         Ok(acc)
     };
-    // Samples are independent: one worker per core, each with its own tract states, merged at
-    // the end (the sums do not depend on the order).
-    let partials: Vec<Result<Accumulated>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads).map(|w| scope.spawn(move || run(w))).collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(Error::Tract("a comparison worker panicked".into())))
-            })
-            .collect()
-    });
+    let partials = on_workers(threads, run);
     let mut outputs: Vec<ErrorAccumulator> = vec![ErrorAccumulator::default(); output_names.len()];
     let mut layers: BTreeMap<String, ErrorAccumulator> = BTreeMap::new();
     for partial in partials {
@@ -236,16 +225,7 @@ pub fn compare_to_reference(
         }
         Ok(acc)
     };
-    let partials: Vec<Result<Vec<ErrorAccumulator>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads).map(|w| scope.spawn(move || run(w))).collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(Error::Tract("a comparison worker panicked".into())))
-            })
-            .collect()
-    });
+    let partials = on_workers(threads, run);
     let mut total = vec![ErrorAccumulator::default(); output_names.len()];
     for partial in partials {
         for (a, b) in total.iter_mut().zip(&partial?) {
@@ -277,6 +257,23 @@ fn tract_optimizes_correctly(model: &ModelProto) -> bool {
         .collect();
     !graph.node.iter().any(|n| {
         n.op_type() == "Softmax" && n.input.iter().any(|i| dequantized.contains(i.as_str()))
+    })
+}
+
+/// Runs `work(w)` for each worker `w` in `0..threads` at once. Samples are independent: each
+/// worker takes every `threads`-th one with its own tract states, and the sums are merged after
+/// (they do not depend on the order).
+fn on_workers<T: Send>(threads: usize, work: impl Fn(usize) -> Result<T> + Sync) -> Vec<Result<T>> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let workers: Vec<_> = (0..threads).map(|w| scope.spawn(move || work(w))).collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::Tract("a comparison worker panicked".into())))
+            })
+            .collect()
     })
 }
 

@@ -175,17 +175,34 @@ fn unlist_initializer_inputs(model: &mut ModelProto) -> usize {
     before - graph.input.len()
 }
 
-/// Drops the `value_info` entries that preparation inferred for planning: the runtime infers
-/// them itself, and on a small CNN they weigh several percent of the file. Entries the input
-/// model declared stay.
+/// Drops the float `value_info` entries that preparation inferred for planning: the runtime
+/// infers them itself, and on a small CNN they weigh several percent of the file. Entries the
+/// input model declared stay, and so do the inferred types of integer tensors: with them
+/// ONNX Runtime folds a transformer's shape arithmetic (MiniLM-L3: 293 nodes left without,
+/// 185 with, and 10 % faster).
 fn keep_declared_value_info(quantized: &mut ModelProto, original: &ModelProto) {
     let declared: std::collections::HashSet<&str> = original
         .graph
         .iter()
         .flat_map(|g| g.value_info.iter().map(|v| v.name()))
         .collect();
+    let is_float = |v: &crate::onnx::pb::ValueInfoProto| {
+        v.r#type
+            .as_ref()
+            .and_then(crate::graph::tensor_type)
+            .is_some_and(|t| {
+                matches!(
+                    t.elem_type,
+                    crate::onnx::pb::tensor_proto::DataType::Float
+                        | crate::onnx::pb::tensor_proto::DataType::Float16
+                        | crate::onnx::pb::tensor_proto::DataType::Double
+                        | crate::onnx::pb::tensor_proto::DataType::Bfloat16
+                )
+            })
+    };
     if let Some(g) = quantized.graph.as_mut() {
-        g.value_info.retain(|v| declared.contains(v.name()));
+        g.value_info
+            .retain(|v| declared.contains(v.name()) || !is_float(v));
     }
 }
 

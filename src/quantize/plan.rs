@@ -113,6 +113,9 @@ pub enum FloatReason {
     WeightNotConstant(String),
     /// The output shares the parameters of an input that is not quantized.
     InputNotQuantized(usize),
+    /// An op without an int8 kernel whose inputs come from float ops: quantizing it would only
+    /// add a Q/DQ pair.
+    InputFromFloatOp(String),
 }
 
 impl FloatReason {
@@ -131,6 +134,9 @@ impl FloatReason {
             }
             FloatReason::WeightNotConstant(_) => "weight is not a float constant",
             FloatReason::InputNotQuantized(_) => "shares the parameters of an input left float",
+            FloatReason::InputFromFloatOp(_) => {
+                "no int8 kernel, and its input comes from a float op"
+            }
         }
     }
 }
@@ -144,6 +150,7 @@ impl fmt::Display for FloatReason {
             FloatReason::KeepsTensorFloat(t) => write!(f, "reads or writes '{t}', kept float"),
             FloatReason::WeightNotConstant(t) => write!(f, "weight '{t}' is not a float constant"),
             FloatReason::InputNotQuantized(i) => write!(f, "input {i} is not quantized"),
+            FloatReason::InputFromFloatOp(t) => write!(f, "'{t}' comes from a float op"),
             other => f.write_str(other.kind()),
         }
     }
@@ -288,6 +295,31 @@ fn decide(
         return Err(FloatReason::AlreadyQuantized);
     }
     let rule: &OpRule = rule_for(node.op_type()).ok_or(FloatReason::NoRule)?;
+    // An op ONNX Runtime has no int8 kernel for (data movement, Relu, HardSwish...) is only
+    // quantized to carry an existing quantization through, as its quantizer does: right after
+    // float ops it would only add a Q/DQ pair to run the same float op. Constants qualify, so
+    // that a Gather of an embedding table stores the table in 8 bits; ops with weights always
+    // qualify, for the size.
+    let has_weights = rule
+        .inputs
+        .iter()
+        .any(|r| matches!(r, InputRole::Weight(_)));
+    if !rule.int8_kernel && !has_weights {
+        let acts: Vec<&String> = node
+            .input
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| !x.is_empty() && rule.input(*i) == InputRole::Act)
+            .map(|(_, x)| x)
+            .collect();
+        if let Some(x) = acts.iter().find(|x| !is_float(index, range, x)) {
+            return Err(FloatReason::NotFloat((*x).clone()));
+        }
+        let carried = |x: &str| so_far.activations.contains_key(x) || is_constant(index, x);
+        if let Some(x) = acts.first().filter(|_| !acts.iter().any(|x| carried(x))) {
+            return Err(FloatReason::InputFromFloatOp((*x).clone()));
+        }
+    }
     let act_params = |t: &str| -> Option<ActParams> {
         so_far.activations.get(t).copied().or_else(|| {
             let o = config.overrides.get(t);
