@@ -76,6 +76,9 @@ def ort_quantize(model, files, out):
             return None if f is None else dict(np.load(f))
 
     start = time.perf_counter()
+    # quant_pre_process and quantize_static write temporary files (sym_shape_infer_temp.onnx,
+    # <uuid>.data) into the working directory: keep them out of the checkout.
+    os.chdir(os.path.dirname(os.path.abspath(out)))
     pre = out + ".pre.onnx"
     src = model
     try:
@@ -151,9 +154,14 @@ def float_accuracy(fp, files, output, labels):
 def latencies(paths, feeds, runs, threads):
     """Median seconds per run of each model, runs interleaved so drift hits all alike."""
     sessions = [session(p, True, threads) for p in paths]
+    start = time.perf_counter()
     for s in sessions:
         for _ in range(3):
             s.run(None, feeds)
+    # Sub-millisecond models need thousands of runs before a few percent stand out of the
+    # noise: about 3 s of timed runs per model, and at least `runs`.
+    per_run = (time.perf_counter() - start) / (3 * len(sessions))
+    runs = min(20000, max(runs, int(3.0 / max(per_run, 1e-6))))
     times = [[] for _ in paths]
     for _ in range(runs):
         for i, s in enumerate(sessions):
@@ -168,13 +176,16 @@ def main():
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--held-out", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=200, help="at least this many timed runs per model")
     # One thread: on a 2-core machine, thread scheduling noise was larger than the differences
     # measured (a model's ratio moved 0.99 <-> 1.07 between runs with the default pool).
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for latency")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(CACHE, "target")), "release/onnx-ptq"))
     ap.add_argument("--json")
     args = ap.parse_args()
+    # ORT's quantization changes the working directory (see ort_quantize).
+    args.bin = os.path.abspath(args.bin)
+    args.json = args.json and os.path.abspath(args.json)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         digits = os.path.join(tmp, "digits")
