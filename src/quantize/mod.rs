@@ -96,6 +96,8 @@ pub struct QuantizeReport {
     pub outputs: BTreeMap<String, ErrorMetrics>,
     /// Samples used for `outputs`.
     pub compared_samples: usize,
+    /// How the written model was run in tract before writing.
+    pub execution_check: String,
     /// Wall time of each stage, in seconds.
     pub seconds: BTreeMap<String, f64>,
     /// The accuracy search, when bounds were given.
@@ -104,8 +106,41 @@ pub struct QuantizeReport {
 }
 
 /// Runs the quantized model as it will be written (no folding) once in tract, on the first
-/// calibration sample: the execution half of the validation.
-fn validate_in_tract(quantized: &ModelProto, source: &DataSource) -> Result<()> {
+/// calibration sample: the execution half of the validation. tract 0.23 cannot run 16-bit
+/// QuantizeLinear: a model with some runs with those emulated in float, and the returned
+/// note says so.
+fn validate_in_tract(quantized: &ModelProto, source: &DataSource) -> Result<String> {
+    let has_16_bit = quantized.graph.iter().any(|g| {
+        let wide: std::collections::HashSet<&str> = g
+            .initializer
+            .iter()
+            .filter(|t| {
+                matches!(
+                    crate::onnx::pb::tensor_proto::DataType::try_from(t.data_type()),
+                    Ok(crate::onnx::pb::tensor_proto::DataType::Uint16
+                        | crate::onnx::pb::tensor_proto::DataType::Int16)
+                )
+            })
+            .map(|t| t.name())
+            .collect();
+        g.node.iter().any(|n| {
+            n.op_type() == "QuantizeLinear"
+                && n.input.get(2).is_some_and(|z| wide.contains(z.as_str()))
+        })
+    });
+    let (model, note) = if has_16_bit {
+        (
+            std::borrow::Cow::Owned(simulate::fold_constant_dequantize(quantized)),
+            "ran in tract with 16-bit QuantizeLinear/DequantizeLinear emulated in float \
+             (tract 0.23 cannot run them)",
+        )
+    } else {
+        (
+            std::borrow::Cow::Borrowed(quantized),
+            "ran in tract as written",
+        )
+    };
+    let quantized = model.as_ref();
     let inputs: Vec<String> = crate::calibrate::InputSpec::of_model(quantized)?
         .into_iter()
         .map(|s| s.name)
@@ -118,7 +153,7 @@ fn validate_in_tract(quantized: &ModelProto, source: &DataSource) -> Result<()> 
             sample.label
         ))
     })?;
-    Ok(())
+    Ok(format!("{note} on {}", sample.label))
 }
 
 /// Refuses overrides that name no tensor of the model (a typo would otherwise pass silently),
@@ -258,6 +293,22 @@ pub fn quantize(
             }
         }
     }
+    let wants_16_bit = config.accuracy.as_ref().is_some_and(|a| a.int16)
+        || plan_config
+            .overrides
+            .values()
+            .any(|o| o.ty.is_some_and(ActType::is_16_bit));
+    let opset_now = crate::graph::Opsets::new(&prepared.opset_import)
+        .default_domain()
+        .unwrap_or(0);
+    if wants_16_bit && opset_now < 21 {
+        let up = opset::upgrade_default_opset(&mut prepared, 21).map_err(|e| {
+            Error::Model(format!(
+                "16-bit activations need opset 21 and the model could not be upgraded: {e}"
+            ))
+        })?;
+        opset_rewritten.extend(up.rewritten);
+    }
     if crate::graph::Opsets::new(&prepared.opset_import)
         .default_domain()
         .unwrap_or(0)
@@ -368,7 +419,7 @@ pub fn quantize(
         ),
         None => crate::compare::reference_outputs(model, &compare_source)?,
     };
-    validate_in_tract(&quantized, &compare_source)?;
+    let execution_check = validate_in_tract(&quantized, &compare_source)?;
     let outputs = crate::compare::compare_to_reference(
         &simulate::fold_constant_dequantize(&quantized),
         &compare_source,
@@ -398,6 +449,7 @@ pub fn quantize(
         bytes_after: quantized.encoded_len() as u64,
         outputs,
         compared_samples: compare_source.len(),
+        execution_check,
         accuracy: accuracy_report,
     };
     Ok((quantized, report))

@@ -11,6 +11,32 @@ pub enum ActType {
     U8,
     /// int8, symmetric (zero point 0).
     S8,
+    /// uint16, asymmetric (QuantizeLinear-21; no int8 kernel runs it, but 256x finer steps).
+    U16,
+    /// int16, symmetric (zero point 0).
+    S16,
+}
+
+impl ActType {
+    /// Smallest and largest integer value.
+    pub fn qrange(self) -> (i32, i32) {
+        match self {
+            ActType::U8 => (0, 255),
+            ActType::S8 => (-128, 127),
+            ActType::U16 => (0, 65535),
+            ActType::S16 => (-32768, 32767),
+        }
+    }
+
+    /// Whether zero maps to zero (signed types here are always symmetric).
+    pub fn is_signed(self) -> bool {
+        matches!(self, ActType::S8 | ActType::S16)
+    }
+
+    /// Whether this is a 16-bit type, which needs opset 21.
+    pub fn is_16_bit(self) -> bool {
+        matches!(self, ActType::U16 | ActType::S16)
+    }
 }
 
 /// Scale and zero point of one quantized activation tensor.
@@ -29,52 +55,50 @@ const MIN_WIDTH: f32 = 1e-6;
 
 impl ActParams {
     /// Parameters covering `[lo, hi]`, widened to include 0 (so that zero padding and ReLU are
-    /// exact) and to a minimum width.
+    /// exact) and to a minimum width. Signed types are symmetric.
     pub fn from_range(lo: f32, hi: f32, ty: ActType) -> ActParams {
         let lo = lo.min(0.0);
         let hi = hi.max(0.0);
-        match ty {
-            ActType::U8 => {
-                let width = (hi - lo).max(MIN_WIDTH);
-                let scale = width / 255.0;
-                let zero_point = (-lo / scale).round().clamp(0.0, 255.0) as i32;
-                ActParams {
-                    scale,
-                    zero_point,
-                    ty,
-                }
-            }
-            ActType::S8 => {
-                let a = lo.abs().max(hi.abs()).max(MIN_WIDTH / 2.0);
-                ActParams {
-                    scale: a / 127.0,
-                    zero_point: 0,
-                    ty,
-                }
-            }
+        let (qmin, qmax) = ty.qrange();
+        if ty.is_signed() {
+            let a = lo.abs().max(hi.abs()).max(MIN_WIDTH / 2.0);
+            return ActParams {
+                // [-127, 127] (and [-32767, 32767]): the range stays symmetric.
+                scale: a / qmax as f32,
+                zero_point: 0,
+                ty,
+            };
+        }
+        let steps = (qmax - qmin) as f32;
+        let width = (hi - lo).max(MIN_WIDTH);
+        let scale = width / steps;
+        let zero_point = (-lo / scale).round().clamp(0.0, steps) as i32;
+        ActParams {
+            scale,
+            zero_point,
+            ty,
         }
     }
 
     /// Parameters covering `[-a, a]` with `a = max(|lo|, |hi|)`: zero maps to the middle of the
-    /// integer range (128 for uint8, 0 for int8, which is always symmetric here).
+    /// integer range (128 for uint8, 32768 for uint16, 0 for the signed types, which are always
+    /// symmetric here).
     pub fn symmetric(lo: f32, hi: f32, ty: ActType) -> ActParams {
         let a = lo.abs().max(hi.abs()).max(MIN_WIDTH / 2.0);
-        match ty {
-            ActType::U8 => ActParams {
-                scale: 2.0 * a / 255.0,
-                zero_point: 128,
-                ty,
-            },
-            ActType::S8 => ActParams::from_range(-a, a, ty),
+        if ty.is_signed() {
+            return ActParams::from_range(-a, a, ty);
+        }
+        let (_, qmax) = ty.qrange();
+        ActParams {
+            scale: 2.0 * a / qmax as f32,
+            zero_point: (qmax + 1) / 2,
+            ty,
         }
     }
 
     /// Smallest and largest integer value.
     pub fn qrange(&self) -> (i32, i32) {
-        match self.ty {
-            ActType::U8 => (0, 255),
-            ActType::S8 => (-128, 127),
-        }
+        self.ty.qrange()
     }
 
     /// Whether the quantized values can represent no negative number, so that a following
@@ -223,6 +247,14 @@ mod tests {
         let p = ActParams::from_range(-2.0, 1.0, ActType::S8);
         assert_eq!(p.zero_point, 0);
         assert!((p.scale - 2.0 / 127.0).abs() < 1e-9);
+        // 16-bit: the same rules, 65535 steps.
+        let p = ActParams::from_range(-1.0, 3.0, ActType::U16);
+        assert!((p.scale - 4.0 / 65535.0).abs() < 1e-9);
+        assert_eq!(p.zero_point, 16384);
+        let p = ActParams::from_range(-2.0, 1.0, ActType::S16);
+        assert_eq!((p.zero_point, p.scale), (0, 2.0 / 32767.0));
+        let p = ActParams::symmetric(-1.0, 0.5, ActType::U16);
+        assert_eq!(p.zero_point, 32768);
     }
 
     #[test]

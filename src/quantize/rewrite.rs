@@ -93,6 +93,18 @@ fn act_zero_point(name: &str, p: &ActParams) -> TensorProto {
     match p.ty {
         ActType::U8 => tensor::from_raw(name, DataType::Uint8, &[], vec![p.zero_point as u8]),
         ActType::S8 => tensor::from_raw(name, DataType::Int8, &[], vec![p.zero_point as i8 as u8]),
+        ActType::U16 => tensor::from_raw(
+            name,
+            DataType::Uint16,
+            &[],
+            (p.zero_point as u16).to_le_bytes().to_vec(),
+        ),
+        ActType::S16 => tensor::from_raw(
+            name,
+            DataType::Int16,
+            &[],
+            (p.zero_point as i16).to_le_bytes().to_vec(),
+        ),
     }
 }
 
@@ -391,6 +403,18 @@ fn fold_constant_activation(
             DataType::Int8,
             &t.dims,
             q.map(|v| v as i8 as u8).collect(),
+        ),
+        ActType::U16 => tensor::from_raw(
+            quantized_name,
+            DataType::Uint16,
+            &t.dims,
+            q.flat_map(|v| (v as u16).to_le_bytes()).collect(),
+        ),
+        ActType::S16 => tensor::from_raw(
+            quantized_name,
+            DataType::Int16,
+            &t.dims,
+            q.flat_map(|v| (v as i16).to_le_bytes()).collect(),
         ),
     }))
 }

@@ -3,7 +3,9 @@
 //! computes. The values are the same, `(q - zero_point) * scale` in f32, but tract's plain plan
 //! no longer dequantizes every weight on every run (MiniLM's 11.7 M-entry embedding table made
 //! a run 10x slower than the float model). Activation QuantizeLinear/DequantizeLinear pairs,
-//! where the quantization error comes from, stay.
+//! where the quantization error comes from, stay, except 16-bit ones: tract 0.23 cannot run
+//! int16/uint16 QuantizeLinear, so those become the float arithmetic QuantizeLinear-21 and
+//! DequantizeLinear-21 define (`clip(round(x / s) + z)`, then `(q - z) * s`).
 
 use std::collections::HashMap;
 
@@ -20,6 +22,14 @@ fn integers(t: &TensorProto) -> Option<Vec<f32>> {
     let v: Vec<f32> = match dt {
         DataType::Int8 => raw.iter().map(|&b| b as i8 as f32).collect(),
         DataType::Uint8 => raw.iter().map(|&b| b as f32).collect(),
+        DataType::Int16 => raw
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
+        DataType::Uint16 => raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
         DataType::Int32 => raw
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
@@ -31,6 +41,7 @@ fn integers(t: &TensorProto) -> Option<Vec<f32>> {
 
 /// The model with constant DequantizeLinear nodes folded to float initializers.
 pub fn fold_constant_dequantize(model: &ModelProto) -> ModelProto {
+    let names = crate::graph::Names::of_model(model);
     let mut out = model.clone();
     let Some(graph) = out.graph.as_mut() else {
         return out;
@@ -63,7 +74,81 @@ pub fn fold_constant_dequantize(model: &ModelProto) -> ModelProto {
     }
     graph.node = keep;
     graph.initializer.extend(folded);
+    emulate_16_bit(graph, names);
     out
+}
+
+/// The 16-bit integer type of a zero-point initializer, with its range.
+fn sixteen_bit_range(t: &TensorProto) -> Option<(f32, f32)> {
+    match DataType::try_from(t.data_type()).ok()? {
+        DataType::Uint16 => Some((0.0, 65535.0)),
+        DataType::Int16 => Some((-32768.0, 32767.0)),
+        _ => None,
+    }
+}
+
+fn float_node(op: &str, inputs: &[&str], output: &str) -> crate::onnx::pb::NodeProto {
+    crate::onnx::pb::NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        ..Default::default()
+    }
+}
+
+/// Rewrites per-tensor 16-bit QuantizeLinear/DequantizeLinear into float ops that compute the
+/// same values (the quantized tensor holds its integers as floats).
+fn emulate_16_bit(graph: &mut crate::onnx::pb::GraphProto, mut names: crate::graph::Names) {
+    let zero_points: HashMap<String, (f32, (f32, f32))> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| {
+            let range = sixteen_bit_range(t)?;
+            let z = *integers(t)?.first()?;
+            (tensor::element_count(&t.dims).ok()? == 1).then(|| (t.name().to_string(), (z, range)))
+        })
+        .collect();
+    if zero_points.is_empty() {
+        return;
+    }
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut consts: Vec<TensorProto> = Vec::new();
+    let mut constant = |names: &mut crate::graph::Names, v: f32| {
+        let n = names.fresh("emulated_16bit_constant");
+        consts.push(tensor::from_f32(&n, &[], &[v]));
+        n
+    };
+    for node in std::mem::take(&mut graph.node) {
+        let zp = node.input.get(2).and_then(|z| zero_points.get(z));
+        let op = node.op_type();
+        match (op, zp) {
+            ("QuantizeLinear", Some(&(z, (lo, hi)))) => {
+                let (x, s, y) = (&node.input[0], &node.input[1], &node.output[0]);
+                let div = names.fresh(&format!("{y}_div"));
+                let round = names.fresh(&format!("{y}_round"));
+                let shifted = names.fresh(&format!("{y}_shifted"));
+                let (zc, loc, hic) = (
+                    constant(&mut names, z),
+                    constant(&mut names, lo),
+                    constant(&mut names, hi),
+                );
+                nodes.push(float_node("Div", &[x, s], &div));
+                nodes.push(float_node("Round", &[&div], &round));
+                nodes.push(float_node("Add", &[&round, &zc], &shifted));
+                nodes.push(float_node("Clip", &[&shifted, &loc, &hic], y));
+            }
+            ("DequantizeLinear", Some(&(z, _))) => {
+                let (q, s, y) = (&node.input[0], &node.input[1], &node.output[0]);
+                let centered = names.fresh(&format!("{y}_centered"));
+                let zc = constant(&mut names, z);
+                nodes.push(float_node("Sub", &[q, &zc], &centered));
+                nodes.push(float_node("Mul", &[&centered, s], y));
+            }
+            _ => nodes.push(node),
+        }
+    }
+    graph.node = nodes;
+    graph.initializer.extend(consts);
 }
 
 /// The float tensor a DequantizeLinear of constants computes, or `None` when it is not one
