@@ -133,6 +133,29 @@ fn metrics_match_numpy_on_saved_outputs() {
     );
     assert!(d("top1_agreement") <= 0.125, "{ours} vs {expected}");
     assert_eq!(v["report"]["samples"], 8);
+    // Per layer, a tensor whose Relu was absorbed into its range is compared with the Relu's
+    // output (comparing it with the Relu's input once read as 2.5 dB on stem.bn_out).
+    let json2 = dir.path().join("layers.json");
+    ok(onnx_ptq(&[
+        "compare",
+        s(&fixture("cnn.onnx")),
+        s(&q),
+        "--data",
+        s(&data),
+        "--per-layer",
+        "--json",
+        s(&json2),
+    ]));
+    let l: serde_json::Value = serde_json::from_slice(&std::fs::read(&json2).unwrap()).unwrap();
+    let layers = l["report"]["layers"].as_array().unwrap();
+    assert!(layers.len() >= 8, "{l}");
+    for layer in layers {
+        assert!(
+            layer["metrics"]["sqnr_db"].as_f64().unwrap() > 25.0,
+            "{layer}"
+        );
+    }
+    assert!(layers.iter().any(|x| x["tensor"] == "stem.relu_out"), "{l}");
     assert!(v["report"]["reference_bytes"].as_u64().unwrap() > 0);
     assert!(v["report"]["test_ms"].as_f64().unwrap() > 0.0);
 }

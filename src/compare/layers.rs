@@ -46,3 +46,43 @@ pub fn quantized_tensors(model: &ModelProto) -> BTreeMap<String, String> {
     }
     pairs
 }
+
+/// Where the quantizer absorbed a Relu (or Clip) into the range of the tensor before it, the
+/// quantized tensor holds the activation's output, not its input: `x -> Relu -> y` in the float
+/// model became `x -> Q -> DQ` with `y` gone. Such pairs are compared with `y`, or the
+/// clamped-away negatives would count as error.
+pub fn follow_absorbed_activations(
+    pairs: BTreeMap<String, String>,
+    float: &ModelProto,
+    quantized: &ModelProto,
+) -> BTreeMap<String, String> {
+    let (Some(fg), Some(qg)) = (float.graph.as_ref(), quantized.graph.as_ref()) else {
+        return pairs;
+    };
+    let in_quantized: HashSet<&str> = qg
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(qg.input.iter().map(|i| i.name()))
+        .collect();
+    let mut consumers: HashMap<&str, Vec<&crate::onnx::pb::NodeProto>> = HashMap::new();
+    for n in &fg.node {
+        for i in &n.input {
+            consumers.entry(i.as_str()).or_default().push(n);
+        }
+    }
+    pairs
+        .into_iter()
+        .map(|(dq, x)| {
+            let absorbed = match consumers.get(x.as_str()).map(Vec::as_slice) {
+                Some([only]) if matches!(only.op_type(), "Relu" | "Clip") => only
+                    .output
+                    .first()
+                    .filter(|y| !in_quantized.contains(y.as_str()))
+                    .cloned(),
+                _ => None,
+            };
+            (dq, absorbed.unwrap_or(x))
+        })
+        .collect()
+}

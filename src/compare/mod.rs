@@ -88,7 +88,7 @@ pub fn compare_models(
     // onnxruntime and tract's plain plan agree on 32 dB): the quantized model runs plain.
     let test_runner = Runner::new(test, &inputs, false).map_err(Error::Tract)?;
     let pairs = if config.per_layer {
-        quantized_tensors(test)
+        layers::follow_absorbed_activations(quantized_tensors(test), reference, test)
     } else {
         BTreeMap::new()
     };
