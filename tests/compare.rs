@@ -36,19 +36,22 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `onnx-ptq quantize MODEL --calib DATA -o OUT EXTRA...`.
+fn quantize(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["quantize", s(model), "--calib", s(data), "-o", s(out)];
+    args.extend_from_slice(extra);
+    onnx_ptq(&args)
+}
+
 /// The cnn fixture quantized from its bundled samples, in `dir`.
 fn quantized_cnn(dir: &Path) -> PathBuf {
     let q = dir.join("cnn.int8.onnx");
-    let calib = fixture("cnn_calib");
-    ok(onnx_ptq(&[
-        "quantize",
-        s(&fixture("cnn.onnx")),
-        "--calib",
-        s(&calib),
-        "-o",
-        s(&q),
-        "-q",
-    ]));
+    ok(quantize(
+        &fixture("cnn.onnx"),
+        &fixture("cnn_calib"),
+        &q,
+        &["-q"],
+    ));
     q
 }
 
@@ -168,15 +171,7 @@ fn sensitive(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("data"),
         dir.join("model.int8.onnx"),
     );
-    ok(onnx_ptq(&[
-        "quantize",
-        s(&model),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q),
-        "-q",
-    ]));
+    ok(quantize(&model, &data, &q, &["-q"]));
     (model, data, q)
 }
 
@@ -265,17 +260,7 @@ fn bounds_gate_with_exit_codes() {
     assert_eq!(bad.status.code(), Some(2));
     // The same bounds in quantize's accuracy mode: met at once, the model is written, exit 0.
     let out = dir.path().join("again.onnx");
-    let r = onnx_ptq(&[
-        "quantize",
-        s(&f),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&out),
-        "-q",
-        "--min-sqnr",
-        "20",
-    ]);
+    let r = quantize(&f, &data, &out, &["-q", "--min-sqnr", "20"]);
     assert_eq!(r.status.code(), Some(0), "{r:?}");
     assert!(String::from_utf8_lossy(&r.stdout).contains("bounds met"));
 }
@@ -288,21 +273,20 @@ fn accuracy_mode_falls_back_by_sensitivity_until_the_bound_is_met() {
     let report = dir.path().join("report.json");
     // Calibrated on 10 samples, the model is measured on the other 6, where values beyond the
     // calibrated ranges clip: about 20 dB fully quantized.
-    let r = onnx_ptq(&[
-        "quantize",
-        s(&model),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q),
-        "-q",
-        "--min-sqnr",
-        "30",
-        "--held-out",
-        "6",
-        "--report",
-        s(&report),
-    ]);
+    let r = quantize(
+        &model,
+        &data,
+        &q,
+        &[
+            "-q",
+            "--min-sqnr",
+            "30",
+            "--held-out",
+            "6",
+            "--report",
+            s(&report),
+        ],
+    );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let a = &v["accuracy"];
     assert_eq!(r.status.code(), Some(0), "{a}");
@@ -347,17 +331,7 @@ fn accuracy_mode_falls_back_by_sensitivity_until_the_bound_is_met() {
     // Any bound can be met: the fully float model meets them all. One that needs it gets it,
     // with the model still written as QDQ-free float.
     let q2 = dir.path().join("float.onnx");
-    let r = onnx_ptq(&[
-        "quantize",
-        s(&model),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q2),
-        "-q",
-        "--min-cosine",
-        "1.0",
-    ]);
+    let r = quantize(&model, &data, &q2, &["-q", "--min-cosine", "1.0"]);
     assert_eq!(r.status.code(), Some(0), "{r:?}");
     assert!(String::from_utf8_lossy(&r.stdout).contains("quantized: 0 tensors"));
 }
@@ -374,19 +348,12 @@ fn overrides_pin_ranges_and_keep_tensors_float() {
     .unwrap();
     let q = dir.path().join("o.onnx");
     let report = dir.path().join("r.json");
-    ok(onnx_ptq(&[
-        "quantize",
-        s(&model),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q),
-        "-q",
-        "--overrides",
-        s(&overrides),
-        "--report",
-        s(&report),
-    ]));
+    ok(quantize(
+        &model,
+        &data,
+        &q,
+        &["-q", "--overrides", s(&overrides), "--report", s(&report)],
+    ));
     let m = onnx_ptq::onnx::Model::load(&q).unwrap();
     let g = m.proto.graph.unwrap();
     let inits: std::collections::HashMap<&str, &onnx_ptq::onnx::pb::TensorProto> =
@@ -416,16 +383,8 @@ fn overrides_pin_ranges_and_keep_tensors_float() {
     );
     // An override naming no tensor is refused, named.
     std::fs::write(&overrides, r#"{"nosuch": {"keep_float": true}}"#).unwrap();
-    let r = onnx_ptq(&[
-        "quantize",
-        s(&model),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&dir.path().join("x.onnx")),
-        "--overrides",
-        s(&overrides),
-    ]);
+    let x = dir.path().join("x.onnx");
+    let r = quantize(&model, &data, &x, &["--overrides", s(&overrides)]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("'nosuch'"));
     assert!(!dir.path().join("x.onnx").exists());
@@ -439,22 +398,21 @@ fn allow_int16_raises_sensitive_activations_to_16_bits_at_opset_21() {
     let report = dir.path().join("r.json");
     // Fully quantized, the fixture keeps about 35 dB on the 3 held-out samples; 16-bit
     // activations around the classifier head reach 38.
-    let r = onnx_ptq(&[
-        "quantize",
-        s(&f),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q),
-        "-q",
-        "--min-sqnr",
-        "37.5",
-        "--allow-int16",
-        "--held-out",
-        "3",
-        "--report",
-        s(&report),
-    ]);
+    let r = quantize(
+        &f,
+        &data,
+        &q,
+        &[
+            "-q",
+            "--min-sqnr",
+            "37.5",
+            "--allow-int16",
+            "--held-out",
+            "3",
+            "--report",
+            s(&report),
+        ],
+    );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r.status.code(), Some(0), "{}", v["accuracy"]);
     assert_eq!(v["opset_after"], 21);
@@ -478,31 +436,13 @@ fn allow_int16_raises_sensitive_activations_to_16_bits_at_opset_21() {
         "{verdict}"
     );
     // --allow-int16 without a bound is a usage error.
-    let r = onnx_ptq(&[
-        "quantize",
-        s(&f),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q),
-        "--allow-int16",
-    ]);
+    let r = quantize(&f, &data, &q, &["--allow-int16"]);
     assert_eq!(r.status.code(), Some(2));
     // A 16-bit override alone also upgrades the model to opset 21.
     let o = dir.path().join("o.json");
     std::fs::write(&o, r#"{"probs": {"type": "u16"}}"#).unwrap();
     let q2 = dir.path().join("o16.onnx");
-    ok(onnx_ptq(&[
-        "quantize",
-        s(&f),
-        "--calib",
-        s(&data),
-        "-o",
-        s(&q2),
-        "-q",
-        "--overrides",
-        s(&o),
-    ]));
+    ok(quantize(&f, &data, &q2, &["-q", "--overrides", s(&o)]));
     let verdict = common::check(&f, &q2, &data, None);
     assert_eq!(verdict["checker"], "ok", "{verdict}");
 }

@@ -18,6 +18,15 @@ pub fn out(text: &str) {
         .and_then(|_| stdout.flush());
 }
 
+/// `A 3, B 1` from counts by name.
+fn counts<K: std::fmt::Display>(items: impl IntoIterator<Item = (K, usize)>) -> String {
+    items
+        .into_iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ratio(after: u64, before: u64) -> f64 {
     after as f64 / before.max(1) as f64
 }
@@ -44,29 +53,19 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         "calibration: {} on {} samples in {:.2} s",
         s.calibration_method, s.calibration_samples, s.calibration_seconds
     );
-    let ops: Vec<String> = s
-        .quantized_ops
-        .iter()
-        .map(|(op, n)| format!("{op} {n}"))
-        .collect();
     let _ = writeln!(
         t,
         "quantized: {} tensors; nodes: {}; {} weights int8, {} biases int32",
         s.quantized_tensors,
-        ops.join(", "),
+        counts(s.quantized_ops.iter().map(|(op, &n)| (op, n))),
         s.rewrite.weights,
         s.rewrite.biases
     );
     if !s.without_int8_kernel.is_empty() {
-        let ops: Vec<String> = s
-            .without_int8_kernel
-            .iter()
-            .map(|(op, n)| format!("{op} {n}"))
-            .collect();
         let _ = writeln!(
             t,
             "no int8 kernel in onnxruntime (DQ -> float op -> Q): {}",
-            ops.join(", ")
+            counts(s.without_int8_kernel.iter().map(|(op, &n)| (op, n)))
         );
     }
     // One line per reason, listing the op types it kept float: a model has hundreds of shape
@@ -81,8 +80,7 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
     }
     for (reason, ops) in reasons {
         let n: usize = ops.values().sum();
-        let ops: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
-        let _ = writeln!(t, "float: {n} nodes, {reason}: {}", ops.join(", "));
+        let _ = writeln!(t, "float: {n} nodes, {reason}: {}", counts(ops));
     }
     if let Some(a) = &s.accuracy {
         let _ = writeln!(

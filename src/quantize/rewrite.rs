@@ -89,23 +89,30 @@ fn qdq_node(
     }
 }
 
-fn act_zero_point(name: &str, p: &ActParams) -> TensorProto {
-    match p.ty {
-        ActType::U8 => tensor::from_raw(name, DataType::Uint8, &[], vec![p.zero_point as u8]),
-        ActType::S8 => tensor::from_raw(name, DataType::Int8, &[], vec![p.zero_point as i8 as u8]),
-        ActType::U16 => tensor::from_raw(
-            name,
+/// A tensor of `ty` holding `values` (already in the type's range), little-endian.
+fn integer_tensor(
+    name: &str,
+    ty: ActType,
+    dims: &[i64],
+    values: impl Iterator<Item = i64>,
+) -> TensorProto {
+    let (dt, raw): (DataType, Vec<u8>) = match ty {
+        ActType::U8 => (DataType::Uint8, values.map(|v| v as u8).collect()),
+        ActType::S8 => (DataType::Int8, values.map(|v| v as i8 as u8).collect()),
+        ActType::U16 => (
             DataType::Uint16,
-            &[],
-            (p.zero_point as u16).to_le_bytes().to_vec(),
+            values.flat_map(|v| (v as u16).to_le_bytes()).collect(),
         ),
-        ActType::S16 => tensor::from_raw(
-            name,
+        ActType::S16 => (
             DataType::Int16,
-            &[],
-            (p.zero_point as i16).to_le_bytes().to_vec(),
+            values.flat_map(|v| (v as i16).to_le_bytes()).collect(),
         ),
-    }
+    };
+    tensor::from_raw(name, dt, dims, raw)
+}
+
+fn act_zero_point(name: &str, p: &ActParams) -> TensorProto {
+    integer_tensor(name, p.ty, &[], std::iter::once(p.zero_point as i64))
 }
 
 /// Applies `plan` to the main graph of `model`.
@@ -391,32 +398,7 @@ fn fold_constant_activation(
         // QuantizeLinear's rounding: half to even, then saturate.
         ((v / p.scale).round_ties_even() as i64 + p.zero_point as i64).clamp(lo as i64, hi as i64)
     });
-    Ok(Some(match p.ty {
-        ActType::U8 => tensor::from_raw(
-            quantized_name,
-            DataType::Uint8,
-            &t.dims,
-            q.map(|v| v as u8).collect(),
-        ),
-        ActType::S8 => tensor::from_raw(
-            quantized_name,
-            DataType::Int8,
-            &t.dims,
-            q.map(|v| v as i8 as u8).collect(),
-        ),
-        ActType::U16 => tensor::from_raw(
-            quantized_name,
-            DataType::Uint16,
-            &t.dims,
-            q.flat_map(|v| (v as u16).to_le_bytes()).collect(),
-        ),
-        ActType::S16 => tensor::from_raw(
-            quantized_name,
-            DataType::Int16,
-            &t.dims,
-            q.flat_map(|v| (v as i16).to_le_bytes()).collect(),
-        ),
-    }))
+    Ok(Some(integer_tensor(quantized_name, p.ty, &t.dims, q)))
 }
 
 /// Scale of a bias's activation input, following the rename of an absorbed Relu.
