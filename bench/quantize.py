@@ -55,11 +55,12 @@ def run(cmd, **kw):
     return r
 
 
-def make_data(kind, out, n, seed, source):
+def make_data(kind, out, n, seed, source, extra=()):
+    """Samples of tests/py/model_data.py; `extra` holds more of its arguments (e.g. --pad 64)."""
     cmd = [sys.executable, os.path.join(ROOT, "tests/py/model_data.py"), kind, out, "--samples", str(n), "--seed", str(seed)]
     if source:
         cmd += ["--source", source]
-    run(cmd)
+    run(cmd + list(extra))
     return sorted(glob.glob(os.path.join(out, "*.npz")))
 
 

@@ -57,6 +57,10 @@ pub enum Error {
     /// Saving would replace the model (or one of its data files) that was loaded.
     #[error("refusing to overwrite the input file {}", .0.display())]
     WouldOverwriteInput(PathBuf),
+    /// The settings asked for something this run cannot do (a mode without the data it
+    /// needs, for instance).
+    #[error("{0}")]
+    Usage(String),
     /// The model is structurally unusable for the requested operation.
     #[error("{0}")]
     Model(String),

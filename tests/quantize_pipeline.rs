@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use onnx_ptq::calibrate::{CalibrationConfig, DataSource, InputSpec, QuantTarget, RangeMethod};
@@ -43,10 +42,7 @@ fn fixtures_quantize_to_valid_int8_models_close_to_fp32() {
             plan: PlanConfig {
                 activations: ActType::U8,
                 per_channel: true,
-                exclude_nodes: BTreeSet::new(),
-                exclude_op_types: BTreeSet::new(),
-                overrides: Default::default(),
-                fallback: Default::default(),
+                ..Default::default()
             },
             calibration: CalibrationConfig {
                 method: RangeMethod::MinMax,
@@ -58,7 +54,7 @@ fn fixtures_quantize_to_valid_int8_models_close_to_fp32() {
             compare_samples: 8,
             accuracy: None,
         };
-        let (quantized, report) = quantize(&model.proto, fixture, &source, None, &config)
+        let (quantized, report) = quantize(&model.proto, fixture, Some(&source), None, &config)
             .unwrap_or_else(|e| panic!("{fixture}: {e}"));
         assert!(report.rewrite.weights > 0, "{fixture}: no weight quantized");
         let out = dir.path().join("q.onnx");

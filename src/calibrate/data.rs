@@ -158,6 +158,42 @@ pub struct Sample {
     pub inputs: Vec<Tensor>,
 }
 
+impl Sample {
+    /// A sample of zeros for models run without data (dynamic and weight-only modes check
+    /// that the written model runs): static dims as declared, symbolic ones 1.
+    pub fn zeros(inputs: &[InputSpec]) -> Result<Sample> {
+        let inputs = inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<usize> = spec
+                    .shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Value(v) if *v >= 0 => *v as usize,
+                        _ => 1,
+                    })
+                    .collect();
+                let dt = crate::engine::datum_type(spec.elem_type).ok_or_else(|| {
+                    Error::Model(format!(
+                        "input '{}': element type {:?} cannot be fed to tract",
+                        spec.name, spec.elem_type
+                    ))
+                })?;
+                Tensor::zero_dt(dt, &shape).map_err(|e| {
+                    Error::Model(format!(
+                        "input '{}': a zero tensor of shape {shape:?}: {e}",
+                        spec.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Sample {
+            label: "a zero-filled input (no data given)".into(),
+            inputs,
+        })
+    }
+}
+
 /// A listed, not yet loaded, set of calibration samples.
 #[derive(Debug, Clone)]
 pub struct DataSource {

@@ -77,6 +77,18 @@ pub struct Ranges {
 }
 
 impl Ranges {
+    /// No ranges: what a mode that does not calibrate plans with.
+    pub fn empty() -> Ranges {
+        Ranges {
+            model: String::new(),
+            method: RangeMethod::MinMax,
+            target: QuantTarget::U8,
+            samples: 0,
+            seconds: 0.0,
+            tensors: BTreeMap::new(),
+        }
+    }
+
     /// Writes the ranges as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self)

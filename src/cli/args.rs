@@ -12,9 +12,11 @@ use onnx_ptq::calibrate::{
 #[derive(clap::Args, Debug)]
 pub struct CalibArgs {
     /// Calibration data: a folder of .npz (or .npy for one input), one stacked .npy, an ONNX
-    /// test-data folder (test_data_set_*/input_*.pb), or a folder of PNG/JPEG images.
+    /// test-data folder (test_data_set_*/input_*.pb), or a folder of PNG/JPEG images. Needed
+    /// by `calibrate` and static `quantize`; with `quantize --mode dynamic` it is optional and
+    /// only measures the result (summary figures, accuracy bound), never sets ranges.
     #[arg(long, value_name = "PATH")]
-    pub calib: PathBuf,
+    pub calib: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Range method: minmax, percentile, entropy or mse.
@@ -161,9 +163,12 @@ impl CalibArgs {
         })
     }
 
-    /// Opens the calibration data for a model with these inputs.
-    pub fn open(&self, inputs: &[onnx_ptq::calibrate::InputSpec]) -> Result<DataSource> {
-        self.data.open(&self.calib, inputs)
+    /// Opens the calibration data for a model with these inputs, `None` when none was given.
+    pub fn open(&self, inputs: &[onnx_ptq::calibrate::InputSpec]) -> Result<Option<DataSource>> {
+        self.calib
+            .as_ref()
+            .map(|path| self.data.open(path, inputs))
+            .transpose()
     }
 
     /// The activation type asked for.

@@ -14,7 +14,7 @@ use args::{BoundArgs, CalibArgs, DataArgs};
 use onnx_ptq::calibrate::{Calibrator, InputSpec, Ranges};
 use onnx_ptq::compare::{compare_models, CompareConfig};
 use onnx_ptq::onnx::Model;
-use onnx_ptq::quantize::{AccuracyConfig, PlanConfig, QuantizeConfig, TensorOverride};
+use onnx_ptq::quantize::{AccuracyConfig, Mode, PlanConfig, QuantizeConfig, TensorOverride};
 use onnx_ptq::validate::{self, ExecOptions};
 
 /// Post-training int8 quantization of ONNX models.
@@ -25,15 +25,33 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Quantize a float model to int8 QDQ: calibrate, plan, rewrite, validate, then write.
+    /// Quantize a float model to int8: plan, rewrite, validate, then write.
+    ///
+    /// Modes: `static` (default) calibrates activation ranges on --calib data and writes
+    /// QuantizeLinear/DequantizeLinear pairs, so ONNX Runtime runs Conv/MatMul/Gemm as int8
+    /// kernels; best for CNNs. `dynamic` needs no data: MatMul/Gemm weights become int8, LSTMs
+    /// become DynamicQuantizeLSTM, embedding tables 8-bit, and activations are quantized at
+    /// run time from their actual range; best for transformers and recurrent nets, whose
+    /// activations have outliers or padding masks no calibrated range fits.
     #[command(
-        after_help = "Examples:\n  onnx-ptq quantize fixtures/cnn.onnx --calib samples/ -o cnn.int8.onnx\n  onnx-ptq quantize model.onnx --calib photos/ --preset imagenet --method entropy -o m.int8.onnx --report report.json"
+        after_help = "Examples:\n  onnx-ptq quantize fixtures/cnn.onnx --calib samples/ -o cnn.int8.onnx\n  onnx-ptq quantize model.onnx --calib photos/ --preset imagenet --method entropy -o m.int8.onnx --report report.json\n  onnx-ptq quantize bert.onnx --mode dynamic -o bert.int8.onnx\n  onnx-ptq quantize bert.onnx --mode dynamic --calib sentences/ --min-cosine 0.99 -o bert.int8.onnx"
     )]
     Quantize {
         /// The float ONNX model (never modified).
         model: PathBuf,
+        /// static (calibrated QDQ; needs --calib) or dynamic (no calibration data).
+        #[arg(long, default_value = "static", value_parser = ["static", "dynamic"])]
+        mode: String,
+        /// Dynamic mode: int8 weights in [-63, 63] instead of [-127, 127]. Use it when the
+        /// model will run on x86 CPUs with AVX2 but without VNNI (before Intel Cascade Lake /
+        /// AMD Zen 4): there ONNX Runtime's uint8 x int8 kernel sums products in pairs into
+        /// int16, which saturates with full-range weights and silently corrupts outputs.
+        #[arg(long)]
+        reduce_range: bool,
         #[command(flatten)]
         calib: CalibArgs,
         /// Where to write the int8 model.
@@ -215,6 +233,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Quantize {
             model,
+            mode,
+            reduce_range,
             calib,
             output,
             ranges,
@@ -238,10 +258,26 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let loaded = Model::load(&model)?;
             let inputs = InputSpec::of_model(&loaded.proto)?;
             let source = calib.open(&inputs)?;
+            let mode = match mode.as_str() {
+                "dynamic" => Mode::Dynamic,
+                _ => Mode::Static,
+            };
+            anyhow::ensure!(
+                mode == Mode::Dynamic || !reduce_range,
+                "--reduce-range applies to --mode dynamic (static mode's int8 kernels do not saturate)"
+            );
+            anyhow::ensure!(
+                mode == Mode::Static || ranges.is_none(),
+                "--ranges applies to static mode: dynamic mode computes activation ranges at run time"
+            );
+            anyhow::ensure!(
+                mode == Mode::Static || (overrides.is_none() && !allow_int16),
+                "--overrides and --allow-int16 apply to static mode's activations"
+            );
             let ranges = ranges.map(|p| Ranges::load(&p)).transpose()?;
             let accuracy = (!bounds.is_empty()).then(|| AccuracyConfig {
                 bounds,
-                held_out: held_out.unwrap_or((source.len() / 4).max(1)),
+                held_out: held_out.unwrap_or((source.as_ref().map_or(0, |s| s.len()) / 4).max(1)),
                 threads: calibration.threads,
                 int16: allow_int16,
             });
@@ -251,6 +287,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             );
             let config = QuantizeConfig {
                 plan: PlanConfig {
+                    mode,
+                    reduce_range,
                     activations: calib.act_type(),
                     per_channel: !per_tensor,
                     exclude_nodes: exclude_nodes.into_iter().collect(),
@@ -263,8 +301,13 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 accuracy,
             };
             let name = model.display().to_string();
-            let (quantized, summary) =
-                onnx_ptq::quantize::quantize(&loaded.proto, &name, &source, ranges, &config)?;
+            let (quantized, summary) = onnx_ptq::quantize::quantize(
+                &loaded.proto,
+                &name,
+                source.as_ref(),
+                ranges,
+                &config,
+            )?;
             let written = Model {
                 proto: quantized,
                 ..loaded
@@ -338,7 +381,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             if calib.bench_no_observe {
                 calibrator.disable_observation();
             }
-            let source = calib.open(calibrator.inputs())?;
+            let source = calib
+                .open(calibrator.inputs())?
+                .context("calibrate needs calibration data: --calib PATH")?;
             let ranges = calibrator.calibrate(&source, &config)?;
             ranges.save(&output)?;
             eprintln!(

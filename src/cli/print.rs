@@ -31,6 +31,37 @@ fn ratio(after: u64, before: u64) -> f64 {
     after as f64 / before.max(1) as f64
 }
 
+/// Dynamic mode's weight errors and expected kernels: a line each for the worst weights and
+/// a count per kernel (the report lists them all).
+fn weight_lines(t: &mut String, s: &QuantizeReport) {
+    let mut kernels: BTreeMap<String, usize> = BTreeMap::new();
+    for k in &s.rewrite.dynamic_kernels {
+        let name = format!("{}{}", k.kernel, if k.bias_fused { " + bias" } else { "" });
+        *kernels.entry(name).or_default() += 1;
+    }
+    if !kernels.is_empty() {
+        let _ = writeln!(
+            t,
+            "MatMul/Gemm fused by onnxruntime into: {}",
+            counts(kernels)
+        );
+    }
+    let mut weights: Vec<_> = s.rewrite.weight_errors.iter().collect();
+    weights.sort_by(|a, b| a.sqnr_db.total_cmp(&b.sqnr_db));
+    if let (Some(worst), Some(best)) = (weights.first(), weights.last()) {
+        let _ = writeln!(
+            t,
+            "weight SQNR: {:.1} to {:.1} dB over {} weights (worst first below; all in --report)",
+            worst.sqnr_db,
+            best.sqnr_db,
+            weights.len()
+        );
+    }
+    for w in weights.iter().take(3) {
+        let _ = writeln!(t, "  {}: {:.1} dB, {}", w.tensor, w.sqnr_db, w.format);
+    }
+}
+
 /// The summary of `quantize`.
 pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
     let mut t = String::new();
@@ -48,19 +79,35 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
     if let Some(why) = &s.per_tensor_reason {
         let _ = writeln!(t, "per-tensor weights: {why}");
     }
-    let _ = writeln!(
-        t,
-        "calibration: {} on {} samples in {:.2} s",
-        s.calibration_method, s.calibration_samples, s.calibration_seconds
-    );
-    let _ = writeln!(
-        t,
-        "quantized: {} tensors; nodes: {}; {} weights int8, {} biases int32",
-        s.quantized_tensors,
-        counts(s.quantized_ops.iter().map(|(op, &n)| (op, n))),
-        s.rewrite.weights,
-        s.rewrite.biases
-    );
+    let dynamic = s.mode == onnx_ptq::quantize::Mode::Dynamic;
+    if dynamic {
+        let _ = writeln!(
+            t,
+            "mode: dynamic (activations quantized at run time; no calibration)"
+        );
+        let _ = writeln!(
+            t,
+            "quantized: nodes: {}; {} weights and tables 8-bit; {} DynamicQuantizeLinear",
+            counts(s.quantized_ops.iter().map(|(op, &n)| (op, n))),
+            s.rewrite.weights,
+            s.rewrite.dynamic_quantize_nodes
+        );
+        weight_lines(&mut t, s);
+    } else {
+        let _ = writeln!(
+            t,
+            "calibration: {} on {} samples in {:.2} s",
+            s.calibration_method, s.calibration_samples, s.calibration_seconds
+        );
+        let _ = writeln!(
+            t,
+            "quantized: {} tensors; nodes: {}; {} weights int8, {} biases int32",
+            s.quantized_tensors,
+            counts(s.quantized_ops.iter().map(|(op, &n)| (op, n))),
+            s.rewrite.weights,
+            s.rewrite.biases
+        );
+    }
     if !s.without_int8_kernel.is_empty() {
         let _ = writeln!(
             t,
@@ -161,6 +208,9 @@ fn header(t: &mut String, first: &str) {
 pub fn compare_table(r: &CompareReport, top_k: usize, violations: &[Violation]) {
     let mut t = String::new();
     let _ = writeln!(t, "{} samples", r.samples);
+    if let Some(note) = &r.emulation {
+        let _ = writeln!(t, "note: {note}");
+    }
     header(&mut t, "output");
     for (name, m) in r.outputs.iter().filter(|(_, m)| m.values > 0) {
         metrics_row(&mut t, name, m);

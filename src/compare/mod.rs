@@ -58,6 +58,9 @@ pub struct CompareReport {
     pub reference_ms: Option<f64>,
     /// Median tract run time of the tested model on the first sample, in milliseconds.
     pub test_ms: Option<f64>,
+    /// How the tested model ran when tract could not run it as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emulation: Option<String>,
 }
 
 /// Runs `reference` (the float model) and `test` (its quantized version) in tract on every
@@ -82,6 +85,24 @@ pub fn compare_models(
             "the quantized model has no input '{missing}' of the float model"
         )));
     }
+    // tract cannot run ONNX Runtime's DynamicQuantizeLSTM: it runs as a float LSTM on the
+    // dequantized weights, and the report says so.
+    let test_bytes = test.encoded_len() as u64;
+    let emulated;
+    let (test, emulation) = if crate::quantize::simulate::has_emulated_ops(test) {
+        emulated = crate::quantize::simulate::emulate_contrib_ops(test);
+        (
+            &emulated,
+            Some(
+                "DynamicQuantizeLSTM ran as a float LSTM on its dequantized weights \
+                 (tract cannot run it; the run-time quantization of its inputs is not \
+                 simulated)"
+                    .to_string(),
+            ),
+        )
+    } else {
+        (test, None)
+    };
     // Per-layer capture needs every tensor name, which tract's optimizer does not keep.
     let reference_runner = Runner::new(reference, &inputs, false).map_err(Error::Tract)?;
     // tract's optimized plan computes wrong values on QDQ graphs (measured -14 dB where
@@ -163,9 +184,10 @@ pub fn compare_models(
             .collect(),
         layers,
         reference_bytes: reference.encoded_len() as u64,
-        test_bytes: test.encoded_len() as u64,
+        test_bytes,
         reference_ms,
         test_ms,
+        emulation,
     })
 }
 

@@ -190,8 +190,12 @@ fn stepped(cfg: &PlanConfig, graph: &GraphProto, plan: &Plan, n: usize, int16: b
 }
 
 /// Nodes that add quantization error of their own: they have weights or their own output
-/// range. Data movement (outputs sharing the input's parameters) does not.
+/// range. Data movement (outputs sharing the input's parameters) does not. In dynamic mode,
+/// every rewritten op.
 fn candidates(graph: &GraphProto, plan: &Plan) -> Vec<usize> {
+    if !plan.dynamic.is_empty() {
+        return plan.dynamic.iter().map(|u| u.node()).collect();
+    }
     plan.quantized
         .iter()
         .copied()

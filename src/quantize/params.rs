@@ -154,6 +154,18 @@ pub fn channels(dims: &[i64], axis: Option<usize>) -> usize {
 
 /// Quantizes `values` (shaped `dims`) symmetric int8 per channel along `axis`.
 pub fn quantize_weight(values: &[f32], dims: &[i64], axis: Option<usize>) -> QuantizedWeight {
+    quantize_weight_to(values, dims, axis, 127)
+}
+
+/// Quantizes `values` symmetric into `[-qmax, qmax]` per channel along `axis` (`qmax` 63 is
+/// the reduced range that avoids int16 saturation in uint8 × int8 kernels without VNNI).
+pub fn quantize_weight_to(
+    values: &[f32],
+    dims: &[i64],
+    axis: Option<usize>,
+    qmax: i8,
+) -> QuantizedWeight {
+    let qmax = f32::from(qmax.max(1));
     let mut max_abs = vec![0f32; channels(dims, axis)];
     for_each_channel(dims, axis, values.len(), |i, c| {
         let v = values[i];
@@ -163,9 +175,28 @@ pub fn quantize_weight(values: &[f32], dims: &[i64], axis: Option<usize>) -> Qua
     });
     let scales: Vec<f32> = max_abs
         .iter()
-        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
+        .map(|&m| if m > 0.0 { m / qmax } else { 1.0 })
         .collect();
-    requantize(values, dims, axis, scales)
+    requantize_to(values, dims, axis, scales, qmax)
+}
+
+/// Signal-to-quantization-noise ratio of a quantized weight against its float values, in dB
+/// (infinite when exact).
+pub fn weight_sqnr_db(values: &[f32], q: &QuantizedWeight, dims: &[i64]) -> f64 {
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for_each_channel(dims, q.axis, values.len(), |i, c| {
+        let v = f64::from(values[i]);
+        if v.is_finite() {
+            let d = v - f64::from(q.values[i]) * f64::from(q.scales[c]);
+            signal += v * v;
+            noise += d * d;
+        }
+    });
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
 }
 
 /// Quantizes `values` with the given per-channel scales.
@@ -175,11 +206,19 @@ pub fn requantize(
     axis: Option<usize>,
     scales: Vec<f32>,
 ) -> QuantizedWeight {
+    requantize_to(values, dims, axis, scales, 127.0)
+}
+
+fn requantize_to(
+    values: &[f32],
+    dims: &[i64],
+    axis: Option<usize>,
+    scales: Vec<f32>,
+    qmax: f32,
+) -> QuantizedWeight {
     let mut q = vec![0i8; values.len()];
     for_each_channel(dims, axis, values.len(), |i, c| {
-        q[i] = (values[i] / scales[c])
-            .round_ties_even()
-            .clamp(-127.0, 127.0) as i8;
+        q[i] = (values[i] / scales[c]).round_ties_even().clamp(-qmax, qmax) as i8;
     });
     QuantizedWeight {
         values: q,

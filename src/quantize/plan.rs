@@ -3,8 +3,12 @@
 //! parameters, which weights and biases are folded, and why every other node stays float.
 //! It only decides; [`super::rewrite`] changes the graph.
 
+mod dynamic;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+
+pub use dynamic::{DynamicMatMul, DynamicUse, WeightFormat};
 
 use super::params::{ActParams, ActType};
 use super::rules::{rule_for, Axis, InputRole, OpRule, OutputRole};
@@ -14,9 +18,36 @@ use crate::onnx::pb::{GraphProto, NodeProto};
 use crate::onnx::walk::node_label;
 use crate::onnx::{attr, tensor};
 
+/// How activations are quantized: the kind of plan made over the graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Calibrated QuantizeLinear/DequantizeLinear pairs (QDQ) around every quantized op.
+    #[default]
+    Static,
+    /// Weights int8 offline; activations quantized at run time from their actual range
+    /// (`DynamicQuantizeLinear`), so no calibration data is needed.
+    Dynamic,
+}
+
+impl Mode {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Static => "static",
+            Mode::Dynamic => "dynamic",
+        }
+    }
+}
+
 /// What the planner needs to know beyond the graph.
 #[derive(Debug, Clone)]
 pub struct PlanConfig {
+    /// Static (calibrated QDQ) or dynamic.
+    pub mode: Mode,
+    /// Dynamic mode: int8 weights in [-63, 63] instead of [-127, 127], so that uint8 × int8
+    /// products summed in pairs cannot saturate int16 on x86 CPUs without VNNI.
+    pub reduce_range: bool,
     /// Integer type of activations.
     pub activations: ActType,
     /// Per-channel weights (needs opset ≥ 13); per-tensor otherwise.
@@ -30,6 +61,22 @@ pub struct PlanConfig {
     /// Nodes returned to float by the accuracy search, by index in the graph being planned,
     /// with the activation tensors they read and write (which stay float with them).
     pub fallback: Fallback,
+}
+
+impl Default for PlanConfig {
+    /// Static mode, uint8 activations, per-channel weights, nothing excluded.
+    fn default() -> Self {
+        PlanConfig {
+            mode: Mode::Static,
+            reduce_range: false,
+            activations: ActType::U8,
+            per_channel: true,
+            exclude_nodes: BTreeSet::new(),
+            exclude_op_types: BTreeSet::new(),
+            overrides: BTreeMap::new(),
+            fallback: Fallback::default(),
+        }
+    }
 }
 
 /// Nodes and tensors the accuracy search keeps float.
@@ -116,6 +163,8 @@ pub enum FloatReason {
     /// An op without an int8 kernel whose inputs come from float ops: quantizing it would only
     /// add a Q/DQ pair.
     InputFromFloatOp(String),
+    /// The mode cannot quantize this op (or this use of it), with why.
+    Unsupported(&'static str),
 }
 
 impl FloatReason {
@@ -137,6 +186,7 @@ impl FloatReason {
             FloatReason::InputFromFloatOp(_) => {
                 "no int8 kernel, and its input comes from a float op"
             }
+            FloatReason::Unsupported(why) => why,
         }
     }
 }
@@ -172,9 +222,12 @@ pub struct Plan {
     pub quantized: BTreeSet<usize>,
     /// Nodes left float, with the reason.
     pub float: BTreeMap<usize, FloatReason>,
+    /// Dynamic mode: the ops rewritten for run-time activation quantization.
+    pub dynamic: Vec<DynamicUse>,
 }
 
-/// Decides what to quantize in `graph` (the main graph; subgraphs stay float).
+/// Decides what to quantize in `graph` (the main graph; subgraphs stay float), in the
+/// configured mode.
 /// `range` gives the calibrated range of a tensor by name.
 pub fn plan(
     graph: &GraphProto,
@@ -185,6 +238,9 @@ pub fn plan(
     let order = index
         .topological_order()
         .unwrap_or_else(|_| (0..graph.node.len()).collect());
+    if config.mode == Mode::Dynamic {
+        return dynamic::plan(&index, &order, config);
+    }
     let mut p = Plan::default();
     for &n in &order {
         let node = &graph.node[n];

@@ -2,7 +2,11 @@
 //! right after its producer; one DequantizeLinear per consumer, right before it; weights
 //! folded to int8 initializers and biases to int32, each behind a DequantizeLinear.
 
+mod dynamic;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+pub use dynamic::{DynamicKernel, WeightError, MS_DOMAIN};
 
 use super::params::{
     channels, quantize_bias, quantize_weight, requantize, ActParams, ActType, QuantizedWeight,
@@ -42,7 +46,7 @@ type Folded = (String, String, Option<String>, Option<usize>);
 type WeightKey = (String, Option<usize>, Vec<u32>, bool);
 
 /// What the rewrite did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RewriteStats {
     /// QuantizeLinear nodes added for activations.
     pub quantize_nodes: usize,
@@ -58,6 +62,19 @@ pub struct RewriteStats {
     pub bias_overflow_fixes: usize,
     /// Constant tensors used as activations, stored quantized.
     pub constants_folded: usize,
+    /// Dynamic mode: `DynamicQuantizeLinear` nodes added (one per quantized activation).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dynamic_quantize_nodes: usize,
+    /// Dynamic mode: every MatMul/Gemm with the fused kernel ONNX Runtime is expected to run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dynamic_kernels: Vec<DynamicKernel>,
+    /// Dynamic mode: every weight and table written, with its SQNR against the float values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weight_errors: Vec<WeightError>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -304,14 +321,32 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
         bias_inputs.insert((b.node, b.input), (qn, sn, None, per_channel.then_some(0)));
     }
 
+    let mut dynamic = dynamic::rewrite(&index, plan, &mut names)?;
+    stats.dynamic_quantize_nodes = dynamic.after.len();
+    for (producer, node) in dynamic.after.drain(..) {
+        q_nodes_after.entry(producer).or_default().push(node);
+    }
+    new_inits.append(&mut dynamic.initializers);
+    stats.weights += dynamic.weights.len();
+    stats.dynamic_kernels = std::mem::take(&mut dynamic.kernels);
+    stats.weight_errors = std::mem::take(&mut dynamic.weights);
+
     // Rebuild the node list in order: Q for quantized graph inputs first, then for each node
-    // the DQs it reads, the node itself, and the Qs of its outputs.
+    // the DQs it reads, the node itself (or what replaces it), and the Qs of its outputs.
     let mut nodes: Vec<NodeProto> = q_nodes_after.remove(&None).unwrap_or_default();
     for (n, original_node) in original.node.iter().enumerate() {
         if plan.absorbed.contains_key(&n) {
             continue;
         }
+        if let Some(replacement) = dynamic.replaced.remove(&n) {
+            nodes.extend(replacement);
+            nodes.extend(q_nodes_after.remove(&Some(n)).unwrap_or_default());
+            continue;
+        }
         let mut node = original_node.clone();
+        if dynamic.swap_add_inputs.contains(&n) {
+            node.input.swap(0, 1);
+        }
         for (slot, input) in node.input.iter_mut().enumerate() {
             if input.is_empty() {
                 continue;
@@ -369,6 +404,14 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     graph.node = nodes;
     graph.initializer.extend(new_inits);
     remove_unused_initializers(graph);
+    if dynamic.uses_ms_domain && !model.opset_import.iter().any(|o| o.domain() == MS_DOMAIN) {
+        model
+            .opset_import
+            .push(crate::onnx::pb::OperatorSetIdProto {
+                domain: Some(MS_DOMAIN.into()),
+                version: Some(1),
+            });
+    }
     Ok(stats)
 }
 

@@ -131,6 +131,53 @@ impl OpRule {
     }
 }
 
+/// What dynamic mode does with an op: weights become int8 offline, activations are quantized
+/// at run time from their actual range (`DynamicQuantizeLinear`), so no calibration is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DynamicRole {
+    /// `A × B` with B a constant: `MatMulInteger` on the run-time-quantized A, then the
+    /// scale product (ONNX Runtime fuses this into `MatMulIntegerToFloat` or
+    /// `DynamicQuantizeMatMul`).
+    MatMul,
+    /// Gemm with a constant B (transA 0): the same as MatMul, with B stored as `[K, N]`,
+    /// `alpha` folded into the weight scales and `beta · C` added after.
+    Gemm,
+    /// Gather on a constant table (embeddings): the table stored 8-bit, the gathered rows
+    /// dequantized.
+    Table,
+    /// LSTM with constant W and R: ONNX Runtime's `com.microsoft.DynamicQuantizeLSTM`.
+    Lstm,
+    /// Left float on purpose, with why.
+    Float(&'static str),
+}
+
+/// Dynamic mode's table, sorted by op name. Every op not listed stays float ("no rule").
+pub static DYNAMIC_RULES: &[(&str, DynamicRole)] = &[
+    (
+        "Conv",
+        DynamicRole::Float(
+            "dynamic mode: ONNX Runtime's CPU provider has no ConvInteger kernel for uint8 \
+             activations with int8 weights",
+        ),
+    ),
+    (
+        "GRU",
+        DynamicRole::Float("dynamic mode: ONNX Runtime has no dynamically quantized GRU kernel"),
+    ),
+    ("Gather", DynamicRole::Table),
+    ("Gemm", DynamicRole::Gemm),
+    ("LSTM", DynamicRole::Lstm),
+    ("MatMul", DynamicRole::MatMul),
+];
+
+/// Dynamic mode's rule for `op` in the default domain, if it has one.
+pub fn dynamic_rule_for(op: &str) -> Option<DynamicRole> {
+    DYNAMIC_RULES
+        .binary_search_by(|(name, _)| name.cmp(&op))
+        .ok()
+        .map(|i| DYNAMIC_RULES[i].1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +194,12 @@ mod tests {
         }
         for r in RULES {
             assert_eq!(rule_for(r.op).map(|f| f.op), Some(r.op));
+        }
+        for pair in DYNAMIC_RULES.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
+        }
+        for (op, role) in DYNAMIC_RULES {
+            assert_eq!(dynamic_rule_for(op), Some(*role));
         }
         assert!(rule_for("Erf").is_none());
     }

@@ -75,7 +75,100 @@ pub fn fold_constant_dequantize(model: &ModelProto) -> ModelProto {
     graph.node = keep;
     graph.initializer.extend(folded);
     emulate_16_bit(graph, names);
+    emulate_dynamic_lstm(graph);
     out
+}
+
+/// Whether `model` holds ops tract cannot run that [`fold_constant_dequantize`] and
+/// [`emulate_contrib_ops`] replace by float equivalents (`DynamicQuantizeLSTM`).
+pub fn has_emulated_ops(model: &ModelProto) -> bool {
+    model
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .any(|n| n.op_type() == "DynamicQuantizeLSTM")
+}
+
+/// A copy of `model` in which every ONNX Runtime contrib op tract cannot run is replaced by
+/// the float op it approximates (`DynamicQuantizeLSTM` by an LSTM on the dequantized
+/// weights: the weight error is kept, the run-time quantization of the inputs is not).
+pub fn emulate_contrib_ops(model: &ModelProto) -> ModelProto {
+    let mut out = model.clone();
+    if let Some(g) = out.graph.as_mut() {
+        emulate_dynamic_lstm(g);
+    }
+    out
+}
+
+/// Replaces `com.microsoft.DynamicQuantizeLSTM` by LSTM with W and R dequantized and
+/// transposed back to `[D, 4H, I]` / `[D, 4H, H]`.
+fn emulate_dynamic_lstm(graph: &mut crate::onnx::pb::GraphProto) {
+    if !graph
+        .node
+        .iter()
+        .any(|n| n.op_type() == "DynamicQuantizeLSTM")
+    {
+        return;
+    }
+    let inits: HashMap<String, TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name().to_string(), t.clone()))
+        .collect();
+    let mut added = Vec::new();
+    for node in graph.node.iter_mut() {
+        if node.op_type() != "DynamicQuantizeLSTM" || node.input.len() < 12 {
+            continue;
+        }
+        let mut weights = Vec::new();
+        for (q, s, z) in [(1, 8, 9), (2, 10, 11)] {
+            let dequantized = (|| {
+                let t = inits.get(&node.input[q])?;
+                let values = integers(t)?;
+                let scales = tensor::to_f32(inits.get(&node.input[s])?).ok()?;
+                let zeros = integers(inits.get(&node.input[z])?)?;
+                let [d, cols, rows] = <[i64; 3]>::try_from(t.dims.clone()).ok()?;
+                let [d, cols, rows] = [d, cols, rows].map(|v| v.max(0) as usize);
+                let per_row = scales.len() == d * rows;
+                let mut w = vec![0f32; values.len()];
+                for k in 0..d {
+                    for c in 0..cols {
+                        for r in 0..rows {
+                            let sc = if per_row { k * rows + r } else { k };
+                            let v = values[(k * cols + c) * rows + r];
+                            w[(k * rows + r) * cols + c] =
+                                (v - zeros.get(sc).copied().unwrap_or(0.0)) * scales[sc];
+                        }
+                    }
+                }
+                let name = format!("{}_emulated", node.input[q]);
+                Some(tensor::from_f32(
+                    &name,
+                    &[d as i64, rows as i64, cols as i64],
+                    &w,
+                ))
+            })();
+            match dequantized {
+                Some(t) => weights.push(t),
+                None => break,
+            }
+        }
+        let [w, r] = match <[TensorProto; 2]>::try_from(weights) {
+            Ok(pair) => pair,
+            Err(_) => continue,
+        };
+        node.input[1] = w.name().to_string();
+        node.input[2] = r.name().to_string();
+        node.input.truncate(8);
+        while node.input.last().is_some_and(|i| i.is_empty()) {
+            node.input.pop();
+        }
+        node.op_type = Some("LSTM".into());
+        node.domain = None;
+        added.push(w);
+        added.push(r);
+    }
+    graph.initializer.extend(added);
 }
 
 /// The 16-bit integer type of a zero-point initializer, with its range.

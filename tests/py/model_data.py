@@ -458,6 +458,20 @@ def make_minilm(seed, index):
     return sample, None
 
 
+def pad_minilm(sample, length):
+    """The sample padded (or cut) to `length` tokens: BERT's [PAD] id 0 with attention mask 0."""
+    out = {}
+    for name, a in sample.items():
+        if a.shape[1] >= length:
+            a = a[:, :length].copy()
+            if name == "input_ids":
+                a[:, -1] = 102  # [SEP]
+        else:
+            a = np.concatenate([a, np.zeros((1, length - a.shape[1]), a.dtype)], axis=1)
+        out[name] = a
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # ocr_det, ocr_cls
 
@@ -643,6 +657,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--offset", type=int, default=0, help="index of the first item written")
     ap.add_argument("--source", help="digits: the output folder of digits_mlp.py")
+    ap.add_argument("--pad", type=int, default=0,
+                    help="minilm: pad every sentence to this many tokens (id 0, attention mask 0) "
+                         "as a batching user does; longer ones are cut, keeping [SEP] last")
     args = ap.parse_args()
     if args.samples < 0 or args.offset < 0 or args.seed < 0:
         raise SystemExit("--samples, --offset and --seed must be >= 0")
@@ -651,6 +668,10 @@ def main():
         items = make_digits(args)
     else:
         items = [MAKERS[args.kind](args.seed, args.offset + i) for i in range(args.samples)]
+    if args.pad:
+        if args.kind != "minilm":
+            raise SystemExit("--pad applies to minilm")
+        items = [(pad_minilm(sample, args.pad), label) for sample, label in items]
     os.makedirs(args.out, exist_ok=True)
     for i, (sample, _) in enumerate(items):
         np.savez(os.path.join(args.out, f"sample_{i:03d}.npz"), **sample)
