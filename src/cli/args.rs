@@ -227,3 +227,108 @@ impl BoundArgs {
         })
     }
 }
+
+/// Weight-only mode's settings.
+#[derive(clap::Args, Debug)]
+pub struct WeightOnlyArgs {
+    /// Weight-only: bits of MatMul/Gemm weights (4 or 8).
+    #[arg(long, default_value_t = 4, value_parser = parse_bits)]
+    pub bits: u8,
+    /// Weight-only: bits of embedding tables (Gather on a constant table): 8 keeps them
+    /// nearly exact at a quarter of their size, 4 halves that again at a visible cost.
+    #[arg(long, default_value_t = 8, value_parser = parse_bits)]
+    pub table_bits: u8,
+    /// Weight-only: values per block along the reduction axis, a power of two from 16 to 256,
+    /// or `per-channel` (one block per output column; 8 bits only). Smaller blocks are more
+    /// accurate and a little larger.
+    #[arg(long, default_value = "32", value_parser = parse_block)]
+    pub block: BlockArg,
+    /// Weight-only: unsigned levels with a zero point per block instead of symmetric ones.
+    #[arg(long)]
+    pub asymmetric: bool,
+    /// Weight-only: rounding algorithm: `clip` (default; per block, the clipping of the range
+    /// that minimises the block's squared error) or `rtn` (round to nearest on the full
+    /// range, what ONNX Runtime's MatMulNBitsQuantizer does).
+    #[arg(long, default_value = "clip", value_parser = ["clip", "rtn"])]
+    pub algorithm: String,
+    /// Weight-only: output form: `onnxruntime` (com.microsoft.MatMulNBits and
+    /// GatherBlockQuantized, what ONNX Runtime runs fastest) or `standard` (INT4/INT8 weights
+    /// behind blocked DequantizeLinear, opset 21, for any runtime).
+    #[arg(long, default_value = "onnxruntime", value_parser = ["onnxruntime", "standard"])]
+    pub form: String,
+}
+
+fn parse_bits(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "8" => Ok(8),
+        _ => Err(format!("'{s}' bits: 4 or 8")),
+    }
+}
+
+/// A block size, or one block per output channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockArg {
+    /// Values per block.
+    Size(usize),
+    /// One block per output channel.
+    PerChannel,
+}
+
+fn parse_block(s: &str) -> Result<BlockArg, String> {
+    if s == "per-channel" {
+        return Ok(BlockArg::PerChannel);
+    }
+    match s.parse::<usize>() {
+        Ok(b) if (16..=256).contains(&b) && b.is_power_of_two() => Ok(BlockArg::Size(b)),
+        _ => Err(format!(
+            "'{s}' is not a block size: a power of two from 16 to 256, or per-channel"
+        )),
+    }
+}
+
+impl WeightOnlyArgs {
+    /// The library settings; errors for combinations that cannot work.
+    pub fn config(
+        &self,
+        mode: onnx_ptq::quantize::Mode,
+    ) -> Result<onnx_ptq::quantize::plan::WeightOnlyConfig> {
+        use onnx_ptq::quantize::blockwise::Algorithm;
+        use onnx_ptq::quantize::plan::{WeightForm, WeightOnlyConfig};
+        let defaults = WeightOnlyConfig::default();
+        let changed = self.bits != defaults.bits
+            || self.table_bits != defaults.table_bits
+            || self.block != BlockArg::Size(32)
+            || self.asymmetric
+            || self.algorithm != "clip"
+            || self.form != "onnxruntime";
+        anyhow::ensure!(
+            mode == onnx_ptq::quantize::Mode::WeightOnly || !changed,
+            "--bits, --table-bits, --block, --asymmetric, --algorithm and --form apply to --mode weight-only"
+        );
+        anyhow::ensure!(
+            self.block != BlockArg::PerChannel || self.bits == 8,
+            "--block per-channel needs --bits 8: 4-bit weights need blocks to stay accurate"
+        );
+        Ok(WeightOnlyConfig {
+            bits: self.bits,
+            table_bits: self.table_bits,
+            block: match self.block {
+                BlockArg::Size(b) => Some(b),
+                BlockArg::PerChannel => None,
+            },
+            symmetric: !self.asymmetric,
+            algorithm: if self.algorithm == "rtn" {
+                Algorithm::Rtn
+            } else {
+                Algorithm::Clip
+            },
+            form: if self.form == "standard" {
+                WeightForm::Standard
+            } else {
+                WeightForm::OnnxRuntime
+            },
+            eight_bit_nodes: Default::default(),
+        })
+    }
+}

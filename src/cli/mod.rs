@@ -29,23 +29,29 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Quantize a float model to int8: plan, rewrite, validate, then write.
+    /// Quantize a float model: plan, rewrite, validate, then write.
     ///
     /// Modes: `static` (default) calibrates activation ranges on --calib data and writes
     /// QuantizeLinear/DequantizeLinear pairs, so ONNX Runtime runs Conv/MatMul/Gemm as int8
     /// kernels; best for CNNs. `dynamic` needs no data: MatMul/Gemm weights become int8, LSTMs
     /// become DynamicQuantizeLSTM, embedding tables 8-bit, and activations are quantized at
     /// run time from their actual range; best for transformers and recurrent nets, whose
-    /// activations have outliers or padding masks no calibrated range fits.
+    /// activations have outliers or padding masks no calibrated range fits. `weight-only`
+    /// needs no data either: MatMul/Gemm weights in 4 bits (tables 8) in blocks of 32 along
+    /// the reduction axis, activations float; the standard for LLMs and other models whose
+    /// size is their weights.
     #[command(
-        after_help = "Examples:\n  onnx-ptq quantize fixtures/cnn.onnx --calib samples/ -o cnn.int8.onnx\n  onnx-ptq quantize model.onnx --calib photos/ --preset imagenet --method entropy -o m.int8.onnx --report report.json\n  onnx-ptq quantize bert.onnx --mode dynamic -o bert.int8.onnx\n  onnx-ptq quantize bert.onnx --mode dynamic --calib sentences/ --min-cosine 0.99 -o bert.int8.onnx"
+        after_help = "Examples:\n  onnx-ptq quantize fixtures/cnn.onnx --calib samples/ -o cnn.int8.onnx\n  onnx-ptq quantize model.onnx --calib photos/ --preset imagenet --method entropy -o m.int8.onnx --report report.json\n  onnx-ptq quantize bert.onnx --mode dynamic -o bert.int8.onnx\n  onnx-ptq quantize bert.onnx --mode dynamic --calib sentences/ --min-cosine 0.99 -o bert.int8.onnx\n  onnx-ptq quantize llm.onnx --mode weight-only -o llm.int4.onnx\n  onnx-ptq quantize llm.onnx --mode weight-only --bits 8 --block per-channel --form standard -o llm.int8.onnx"
     )]
     Quantize {
         /// The float ONNX model (never modified).
         model: PathBuf,
-        /// static (calibrated QDQ; needs --calib) or dynamic (no calibration data).
-        #[arg(long, default_value = "static", value_parser = ["static", "dynamic"])]
+        /// static (calibrated QDQ; needs --calib), dynamic or weight-only (no calibration
+        /// data).
+        #[arg(long, default_value = "static", value_parser = ["static", "dynamic", "weight-only"])]
         mode: String,
+        #[command(flatten)]
+        weight_only: args::WeightOnlyArgs,
         /// Dynamic mode: int8 weights in [-63, 63] instead of [-127, 127]. Use it when the
         /// model will run on x86 CPUs with AVX2 but without VNNI (before Intel Cascade Lake /
         /// AMD Zen 4): there ONNX Runtime's uint8 x int8 kernel sums products in pairs into
@@ -234,6 +240,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Quantize {
             model,
             mode,
+            weight_only,
             reduce_range,
             calib,
             output,
@@ -260,8 +267,10 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let source = calib.open(&inputs)?;
             let mode = match mode.as_str() {
                 "dynamic" => Mode::Dynamic,
+                "weight-only" => Mode::WeightOnly,
                 _ => Mode::Static,
             };
+            let weight_only = weight_only.config(mode)?;
             anyhow::ensure!(
                 mode == Mode::Dynamic || !reduce_range,
                 "--reduce-range applies to --mode dynamic (static mode's int8 kernels do not saturate)"
@@ -289,6 +298,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 plan: PlanConfig {
                     mode,
                     reduce_range,
+                    weight_only,
                     activations: calib.act_type(),
                     per_channel: !per_tensor,
                     exclude_nodes: exclude_nodes.into_iter().collect(),

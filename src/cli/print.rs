@@ -79,8 +79,20 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
     if let Some(why) = &s.per_tensor_reason {
         let _ = writeln!(t, "per-tensor weights: {why}");
     }
-    let dynamic = s.mode == onnx_ptq::quantize::Mode::Dynamic;
-    if dynamic {
+    let mode = s.mode;
+    if mode == onnx_ptq::quantize::Mode::WeightOnly {
+        let _ = writeln!(
+            t,
+            "mode: weight-only (activations stay float; no calibration)"
+        );
+        let _ = writeln!(
+            t,
+            "quantized: nodes: {}; {} weights and tables",
+            counts(s.quantized_ops.iter().map(|(op, &n)| (op, n))),
+            s.rewrite.weights,
+        );
+        weight_lines(&mut t, s);
+    } else if mode == onnx_ptq::quantize::Mode::Dynamic {
         let _ = writeln!(
             t,
             "mode: dynamic (activations quantized at run time; no calibration)"

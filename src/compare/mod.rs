@@ -89,16 +89,22 @@ pub fn compare_models(
     // dequantized weights, and the report says so.
     let test_bytes = test.encoded_len() as u64;
     let emulated;
-    let (test, emulation) = if crate::quantize::simulate::has_emulated_ops(test) {
+    let ops = crate::quantize::simulate::emulated_ops(test);
+    let (test, emulation) = if !ops.is_empty() {
         emulated = crate::quantize::simulate::emulate_contrib_ops(test);
         (
             &emulated,
-            Some(
-                "DynamicQuantizeLSTM ran as a float LSTM on its dequantized weights \
-                 (tract cannot run it; the run-time quantization of its inputs is not \
-                 simulated)"
-                    .to_string(),
-            ),
+            Some(format!(
+                "{} ran as float ops on the dequantized weights (tract cannot run them as \
+                 written{})",
+                ops.join(", "),
+                if ops.iter().any(|o| o == "DynamicQuantizeLSTM") {
+                    "; DynamicQuantizeLSTM's run-time quantization of its inputs is not \
+                     simulated"
+                } else {
+                    ""
+                }
+            )),
         )
     } else {
         (test, None)

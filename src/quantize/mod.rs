@@ -2,6 +2,7 @@
 //! rewriter, and [`quantize`], the whole job behind `onnx-ptq quantize`.
 
 pub mod accuracy;
+pub mod blockwise;
 pub mod opset;
 pub mod params;
 pub mod plan;
@@ -136,11 +137,12 @@ fn validate_in_tract(quantized: &ModelProto, sample: crate::calibrate::Sample) -
             "ran in tract with 16-bit QuantizeLinear/DequantizeLinear emulated in float \
              (tract 0.23 cannot run them)",
         )
-    } else if simulate::has_emulated_ops(quantized) {
+    } else if !simulate::emulated_ops(quantized).is_empty() {
         (
             std::borrow::Cow::Owned(simulate::emulate_contrib_ops(quantized)),
-            "ran in tract with DynamicQuantizeLSTM emulated by a float LSTM on the \
-             dequantized weights (tract 0.23 cannot run it)",
+            "ran in tract with its weights dequantized to float where tract 0.23 cannot run \
+             the op (DynamicQuantizeLSTM as an LSTM, MatMulNBits as MatMul, \
+             GatherBlockQuantized and blocked DequantizeLinear as Gather and constants)",
         )
     } else {
         (
@@ -322,6 +324,18 @@ fn upgrade_and_prepare(model: &ModelProto, config: &QuantizeConfig) -> Result<Pr
         })?;
         opset_rewritten.extend(up.rewritten);
     }
+    let standard_weight_only = plan_config.mode == Mode::WeightOnly
+        && plan_config.weight_only.form == plan::WeightForm::Standard;
+    if standard_weight_only && default_opset(&prepared) < 21 {
+        let up = opset::upgrade_default_opset(&mut prepared, 21).map_err(|e| {
+            Error::Model(format!(
+                "the standard weight-only form (INT4 and blocked DequantizeLinear) needs \
+                 opset 21 and the model could not be upgraded: {e}; --form onnxruntime needs \
+                 no upgrade"
+            ))
+        })?;
+        opset_rewritten.extend(up.rewritten);
+    }
     if default_opset(&prepared) < 10 {
         let up = opset::upgrade_default_opset(&mut prepared, 10).map_err(|e| {
             Error::Model(format!(
@@ -364,7 +378,7 @@ impl Samples {
             if config.plan.mode == Mode::Static {
                 return Err(Error::Usage(
                     "static quantization needs calibration data (--calib); \
-                     dynamic mode (--mode dynamic) needs none"
+                     --mode dynamic and --mode weight-only need none"
                         .into(),
                 ));
             }
@@ -492,10 +506,14 @@ fn calibrate_stage(
     ranges: Option<Ranges>,
     config: &QuantizeConfig,
 ) -> Result<Calibration> {
-    if config.plan.mode == Mode::Dynamic {
+    if config.plan.mode != Mode::Static {
         return Ok(Calibration {
             ranges: Ranges::empty(),
-            method: "none: activations are quantized at run time".into(),
+            method: match config.plan.mode {
+                Mode::Dynamic => "none: activations are quantized at run time",
+                _ => "none: activations stay float",
+            }
+            .into(),
             seconds: 0.0,
             reference: None,
         });

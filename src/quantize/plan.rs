@@ -4,11 +4,13 @@
 //! It only decides; [`super::rewrite`] changes the graph.
 
 mod dynamic;
+mod weight_only;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 pub use dynamic::{DynamicMatMul, DynamicUse, WeightFormat};
+pub use weight_only::{WeightForm, WeightOnlyConfig, WeightOnlyKind, WeightOnlyUse};
 
 use super::params::{ActParams, ActType};
 use super::rules::{rule_for, Axis, InputRole, OpRule, OutputRole};
@@ -28,6 +30,8 @@ pub enum Mode {
     /// Weights int8 offline; activations quantized at run time from their actual range
     /// (`DynamicQuantizeLinear`), so no calibration data is needed.
     Dynamic,
+    /// MatMul/Gemm weights and embedding tables in 4 or 8 bits, blocked; activations float.
+    WeightOnly,
 }
 
 impl Mode {
@@ -36,6 +40,7 @@ impl Mode {
         match self {
             Mode::Static => "static",
             Mode::Dynamic => "dynamic",
+            Mode::WeightOnly => "weight-only",
         }
     }
 }
@@ -48,6 +53,8 @@ pub struct PlanConfig {
     /// Dynamic mode: int8 weights in [-63, 63] instead of [-127, 127], so that uint8 × int8
     /// products summed in pairs cannot saturate int16 on x86 CPUs without VNNI.
     pub reduce_range: bool,
+    /// Weight-only mode's settings.
+    pub weight_only: WeightOnlyConfig,
     /// Integer type of activations.
     pub activations: ActType,
     /// Per-channel weights (needs opset ≥ 13); per-tensor otherwise.
@@ -69,6 +76,7 @@ impl Default for PlanConfig {
         PlanConfig {
             mode: Mode::Static,
             reduce_range: false,
+            weight_only: WeightOnlyConfig::default(),
             activations: ActType::U8,
             per_channel: true,
             exclude_nodes: BTreeSet::new(),
@@ -224,6 +232,8 @@ pub struct Plan {
     pub float: BTreeMap<usize, FloatReason>,
     /// Dynamic mode: the ops rewritten for run-time activation quantization.
     pub dynamic: Vec<DynamicUse>,
+    /// Weight-only mode: the weights stored block-quantized.
+    pub weight_only: Vec<WeightOnlyUse>,
 }
 
 /// Decides what to quantize in `graph` (the main graph; subgraphs stay float), in the
@@ -238,8 +248,10 @@ pub fn plan(
     let order = index
         .topological_order()
         .unwrap_or_else(|_| (0..graph.node.len()).collect());
-    if config.mode == Mode::Dynamic {
-        return dynamic::plan(&index, &order, config);
+    match config.mode {
+        Mode::Dynamic => return dynamic::plan(&index, &order, config),
+        Mode::WeightOnly => return weight_only::plan(&index, &order, config),
+        Mode::Static => {}
     }
     let mut p = Plan::default();
     for &n in &order {

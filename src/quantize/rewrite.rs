@@ -3,6 +3,7 @@
 //! folded to int8 initializers and biases to int32, each behind a DequantizeLinear.
 
 mod dynamic;
+mod weight_only;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -330,6 +331,12 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     stats.weights += dynamic.weights.len();
     stats.dynamic_kernels = std::mem::take(&mut dynamic.kernels);
     stats.weight_errors = std::mem::take(&mut dynamic.weights);
+    let mut weight_only = weight_only::rewrite(&index, plan, &mut names)?;
+    new_inits.append(&mut weight_only.initializers);
+    stats.weights += weight_only.weights.len();
+    stats.weight_errors.append(&mut weight_only.weights);
+    dynamic.replaced.extend(weight_only.replaced.drain());
+    dynamic.uses_ms_domain |= weight_only.uses_ms_domain;
 
     // Rebuild the node list in order: Q for quantized graph inputs first, then for each node
     // the DQs it reads, the node itself (or what replaces it), and the Qs of its outputs.

@@ -34,6 +34,18 @@ fn integers(t: &TensorProto) -> Option<Vec<f32>> {
             .chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
             .collect(),
+        DataType::Uint4 | DataType::Int4 => raw
+            .iter()
+            .flat_map(|&b| [b & 0x0F, b >> 4])
+            .take(n)
+            .map(|v| {
+                if dt == DataType::Int4 && v >= 8 {
+                    f32::from(v) - 16.0
+                } else {
+                    f32::from(v)
+                }
+            })
+            .collect(),
         _ => return None,
     };
     (v.len() == n).then_some(v)
@@ -76,28 +88,48 @@ pub fn fold_constant_dequantize(model: &ModelProto) -> ModelProto {
     graph.initializer.extend(folded);
     emulate_16_bit(graph, names);
     emulate_dynamic_lstm(graph);
+    fold_weight_only(graph);
+    // What was folded is read by nothing now, and tract refuses to even load 4-bit tensors.
+    let used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(crate::graph::node_uses)
+        .chain(graph.output.iter().map(|o| o.name().to_string()))
+        .chain(inputs.iter().cloned())
+        .collect();
+    graph.initializer.retain(|t| used.contains(t.name()));
     out
 }
 
-/// Whether `model` holds ops tract cannot run that [`fold_constant_dequantize`] and
-/// [`emulate_contrib_ops`] replace by float equivalents (`DynamicQuantizeLSTM`).
-pub fn has_emulated_ops(model: &ModelProto) -> bool {
-    model
+/// The ops of `model` tract cannot run that [`fold_constant_dequantize`] and
+/// [`emulate_contrib_ops`] replace by float equivalents, by name (empty when none).
+pub fn emulated_ops(model: &ModelProto) -> Vec<String> {
+    let mut ops: Vec<String> = model
         .graph
         .iter()
         .flat_map(|g| &g.node)
-        .any(|n| n.op_type() == "DynamicQuantizeLSTM")
+        .filter_map(|n| match n.op_type() {
+            op @ ("DynamicQuantizeLSTM" | "MatMulNBits" | "GatherBlockQuantized") => {
+                Some(op.to_string())
+            }
+            "DequantizeLinear" if attr::int(n, "block_size").ok().flatten().unwrap_or(0) != 0 => {
+                Some("blocked DequantizeLinear".to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    ops.sort();
+    ops.dedup();
+    ops
 }
 
-/// A copy of `model` in which every ONNX Runtime contrib op tract cannot run is replaced by
-/// the float op it approximates (`DynamicQuantizeLSTM` by an LSTM on the dequantized
-/// weights: the weight error is kept, the run-time quantization of the inputs is not).
+/// A copy of `model` in which every op tract cannot run is replaced by the float op it
+/// approximates on the dequantized weights: `DynamicQuantizeLSTM` by an LSTM (the weight
+/// error is kept, the run-time quantization of its inputs is not), MatMulNBits,
+/// GatherBlockQuantized and blocked DequantizeLinear exactly. Constant DequantizeLinear
+/// nodes are folded too.
 pub fn emulate_contrib_ops(model: &ModelProto) -> ModelProto {
-    let mut out = model.clone();
-    if let Some(g) = out.graph.as_mut() {
-        emulate_dynamic_lstm(g);
-    }
-    out
+    fold_constant_dequantize(model)
 }
 
 /// Replaces `com.microsoft.DynamicQuantizeLSTM` by LSTM with W and R dequantized and
@@ -256,11 +288,23 @@ fn dequantize<'a>(
         Some(z) => Some(integers(constant(z)?)?),
         None => None,
     };
-    if attr::int(node, "block_size").ok().flatten().unwrap_or(0) != 0 {
-        return None;
-    }
     let values = integers(x)?;
     let dims = &x.dims;
+    let block = attr::int(node, "block_size").ok().flatten().unwrap_or(0);
+    if block != 0 {
+        let a = attr::int(node, "axis").ok().flatten().unwrap_or(1);
+        let a = if a < 0 { a + dims.len() as i64 } else { a };
+        let axis = usize::try_from(a).ok().filter(|&a| a < dims.len())?;
+        let out = dequantize_blocked(
+            &values,
+            dims,
+            axis,
+            block.max(1) as usize,
+            &scale,
+            zero.as_deref(),
+        )?;
+        return Some(tensor::from_f32(node.output.first()?, dims, &out));
+    }
     let per_channel = scale.len() > 1;
     let axis = if per_channel {
         let a = attr::int(node, "axis").ok().flatten().unwrap_or(1);
@@ -296,6 +340,211 @@ fn dequantize<'a>(
         })
         .collect();
     Some(tensor::from_f32(node.output.first()?, dims, &out))
+}
+
+/// `(q - z) * s` for a DequantizeLinear with `block_size`: scales and zero points have the
+/// data's shape with `axis` divided (rounded up) by `block`.
+fn dequantize_blocked(
+    values: &[f32],
+    dims: &[i64],
+    axis: usize,
+    block: usize,
+    scale: &[f32],
+    zero: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    let d: Vec<usize> = dims.iter().map(|&v| v.max(0) as usize).collect();
+    let outer: usize = d[..axis].iter().product();
+    let inner: usize = d[axis + 1..].iter().product();
+    let len = d[axis];
+    let blocks = len.div_ceil(block);
+    if scale.len() != outer * blocks * inner || zero.is_some_and(|z| z.len() != scale.len()) {
+        return None;
+    }
+    let mut out = vec![0f32; values.len()];
+    for o in 0..outer {
+        for k in 0..len {
+            for i in 0..inner {
+                let idx = (o * len + k) * inner + i;
+                let sidx = (o * blocks + k / block) * inner + i;
+                let z = zero.map_or(0.0, |z| z[sidx]);
+                out[idx] = (values[idx] - z) * scale[sidx];
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Replaces weight-only mode's forms by float ops on dequantized weights (tract runs neither
+/// MatMulNBits with 8 bits, GatherBlockQuantized with 8 bits, nor blocked
+/// DequantizeLinear): exact for weight-only models, whose activations are float anyway.
+/// - `MatMulNBits` becomes MatMul on the dequantized `[K, N]` weight;
+/// - `GatherBlockQuantized` becomes Gather on the dequantized table;
+/// - a blocked DequantizeLinear of gathered rows (`Gather` of a constant table, of its scales
+///   and zero points by the same indices) becomes a Gather of the dequantized table.
+fn fold_weight_only(graph: &mut crate::onnx::pb::GraphProto) {
+    let inits: HashMap<String, TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name().to_string(), t.clone()))
+        .collect();
+    let gathers: HashMap<String, (String, String)> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Gather" && n.input.len() == 2)
+        .filter(|n| inits.contains_key(&n.input[0]))
+        .map(|n| {
+            (
+                n.output[0].clone(),
+                (n.input[0].clone(), n.input[1].clone()),
+            )
+        })
+        .collect();
+    let mut added = Vec::new();
+    for node in graph.node.iter_mut() {
+        let folded = match node.op_type() {
+            "MatMulNBits" => matmul_nbits_weight(node, &inits).map(|w| {
+                let name = format!("{}_folded", node.input[1]);
+                node.op_type = Some("MatMul".into());
+                node.domain = None;
+                node.attribute.clear();
+                node.input = vec![node.input[0].clone(), name.clone()];
+                (name, w)
+            }),
+            "GatherBlockQuantized" => gather_block_table(node, &inits).map(|w| {
+                let name = format!("{}_folded", node.input[0]);
+                node.op_type = Some("Gather".into());
+                node.domain = None;
+                node.attribute.clear();
+                node.input = vec![name.clone(), node.input[1].clone()];
+                (name, w)
+            }),
+            "DequantizeLinear" => gathered_rows_table(node, &inits, &gathers).map(|(w, ids)| {
+                let name = format!("{}_folded", node.input[0]);
+                node.op_type = Some("Gather".into());
+                node.attribute.clear();
+                node.input = vec![name.clone(), ids];
+                (name, w)
+            }),
+            _ => None,
+        };
+        if let Some((name, (dims, values))) = folded {
+            added.push(tensor::from_f32(&name, &dims, &values));
+        }
+    }
+    graph.initializer.extend(added);
+}
+
+type Folded = (Vec<i64>, Vec<f32>);
+
+fn int_attr(node: &crate::onnx::pb::NodeProto, name: &str) -> Option<i64> {
+    attr::int(node, name).ok().flatten()
+}
+
+/// The `[K, N]` float weight of a MatMulNBits with constant inputs.
+fn matmul_nbits_weight(
+    node: &crate::onnx::pb::NodeProto,
+    inits: &HashMap<String, TensorProto>,
+) -> Option<Folded> {
+    let (k, n, bits, block) = (
+        int_attr(node, "K")? as usize,
+        int_attr(node, "N")? as usize,
+        int_attr(node, "bits")? as usize,
+        int_attr(node, "block_size")? as usize,
+    );
+    let b = inits.get(node.input.get(1)?)?.raw_data.as_deref()?;
+    let scales = tensor::to_f32(inits.get(node.input.get(2)?)?).ok()?;
+    let kb = k.div_ceil(block);
+    let unpack = |bytes: &[u8], count: usize| -> Vec<u8> {
+        if bits == 4 {
+            bytes
+                .iter()
+                .flat_map(|&x| [x & 0x0F, x >> 4])
+                .take(count)
+                .collect()
+        } else {
+            bytes.iter().copied().take(count).collect()
+        }
+    };
+    let levels = unpack(b, n * kb * block);
+    let zero_points: Vec<u8> = match node.input.get(3).filter(|z| !z.is_empty()) {
+        Some(z) => {
+            let raw = inits.get(z)?.raw_data.as_deref()?;
+            let per_column = (kb * bits).div_ceil(8);
+            (0..n)
+                .flat_map(|c| unpack(&raw[c * per_column..(c + 1) * per_column], kb))
+                .collect()
+        }
+        None => vec![1u8 << (bits - 1); n * kb],
+    };
+    if levels.len() != n * kb * block || scales.len() != n * kb || zero_points.len() != n * kb {
+        return None;
+    }
+    let mut w = vec![0f32; k * n];
+    for c in 0..n {
+        for r in 0..k {
+            let bi = c * kb + r / block;
+            w[r * n + c] =
+                (f32::from(levels[c * kb * block + r]) - f32::from(zero_points[bi])) * scales[bi];
+        }
+    }
+    Some((vec![k as i64, n as i64], w))
+}
+
+/// The float table of a GatherBlockQuantized (gather axis 0, quantize axis 1) with constant
+/// data.
+fn gather_block_table(
+    node: &crate::onnx::pb::NodeProto,
+    inits: &HashMap<String, TensorProto>,
+) -> Option<Folded> {
+    let data = inits.get(node.input.first()?)?;
+    let block = int_attr(node, "block_size").unwrap_or(128) as usize;
+    let dt = DataType::try_from(data.data_type()).ok()?;
+    let mut values = integers(data)?;
+    let zero: Option<Vec<f32>> = match node.input.get(3).filter(|z| !z.is_empty()) {
+        Some(z) => Some(integers(inits.get(z)?)?),
+        None => None,
+    };
+    // Unsigned storage without zero points is centred: 8 for uint4, 128 for uint8.
+    if zero.is_none() {
+        let mid = match dt {
+            DataType::Uint4 => 8.0,
+            DataType::Uint8 => 128.0,
+            _ => 0.0,
+        };
+        values.iter_mut().for_each(|v| *v -= mid);
+    }
+    let scales = tensor::to_f32(inits.get(node.input.get(2)?)?).ok()?;
+    let out = dequantize_blocked(&values, &data.dims, 1, block, &scales, zero.as_deref())?;
+    Some((data.dims.clone(), out))
+}
+
+/// For a blocked DequantizeLinear whose inputs are Gathers of constants by the same indices:
+/// the dequantized table and the indices.
+fn gathered_rows_table(
+    node: &crate::onnx::pb::NodeProto,
+    inits: &HashMap<String, TensorProto>,
+    gathers: &HashMap<String, (String, String)>,
+) -> Option<(Folded, String)> {
+    let block = int_attr(node, "block_size").filter(|&b| b > 0)? as usize;
+    let sources: Vec<&(String, String)> = node
+        .input
+        .iter()
+        .filter(|i| !i.is_empty())
+        .map(|i| gathers.get(i))
+        .collect::<Option<_>>()?;
+    let ids = &sources.first()?.1;
+    if sources.iter().any(|(_, i)| i != ids) {
+        return None;
+    }
+    let data = inits.get(&sources[0].0)?;
+    let values = integers(data)?;
+    let scales = tensor::to_f32(inits.get(&sources.get(1)?.0)?).ok()?;
+    let zero = match sources.get(2) {
+        Some((z, _)) => Some(integers(inits.get(z)?)?),
+        None => None,
+    };
+    let out = dequantize_blocked(&values, &data.dims, 1, block, &scales, zero.as_deref())?;
+    Some(((data.dims.clone(), out), ids.clone()))
 }
 
 #[cfg(test)]

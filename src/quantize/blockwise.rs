@@ -1,0 +1,395 @@
+//! Block-wise weight quantization, the parameter math of weight-only mode: a matrix `[K, N]`
+//! (K the reduction axis) is cut, per output column, into blocks of `block` consecutive K
+//! values; each block gets its own scale (and zero point when asymmetric) and its values are
+//! stored in 4 or 8 bits. The quantized values are held unsigned (`u - zero_point` recovers
+//! the signed level), the layout both output forms are packed from.
+//!
+//! Algorithms:
+//! - round-to-nearest (RTN), exactly as ONNX Runtime's `MatMulNBitsQuantizer` does it: the
+//!   symmetric scale is `absmax / -2^(bits-1)` so that the largest magnitude lands on the
+//!   level that has no positive twin (−8 of [−8, 7]);
+//! - a clipping search: for each block, the range is shrunk by each ratio of a grid and the
+//!   one with the smallest squared error of the block kept (RTN is ratio 1, so the search
+//!   is never worse than RTN on any block).
+
+use serde::Serialize;
+
+/// How blocks are chosen and rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Round to nearest on the block's full range.
+    Rtn,
+    /// Per-block grid search of the clipping ratio that minimises the block's squared error.
+    Clip,
+}
+
+impl Algorithm {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Rtn => "rtn",
+            Algorithm::Clip => "clip-search",
+        }
+    }
+}
+
+/// A weight's quantization settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockSpec {
+    /// 4 or 8.
+    pub bits: u8,
+    /// Values per block along K (the whole of K for per-channel).
+    pub block: usize,
+    /// Symmetric (implicit middle zero point) or asymmetric (a zero point per block).
+    pub symmetric: bool,
+    /// Rounding algorithm.
+    pub algorithm: Algorithm,
+}
+
+/// A `[K, N]` matrix quantized in blocks along K, held per column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockQuantized {
+    /// The settings.
+    pub spec: BlockSpec,
+    /// Rows (the reduction axis).
+    pub k: usize,
+    /// Columns (outputs).
+    pub n: usize,
+    /// Unsigned levels, `[N][k_blocks * block]` (K padded with the zero point's level).
+    pub levels: Vec<u8>,
+    /// Scales, `[N][k_blocks]`.
+    pub scales: Vec<f32>,
+    /// Zero points (unsigned levels), `[N][k_blocks]`: `2^(bits-1)` everywhere when symmetric.
+    pub zero_points: Vec<u8>,
+}
+
+impl BlockQuantized {
+    /// Blocks per column.
+    pub fn k_blocks(&self) -> usize {
+        self.k.div_ceil(self.spec.block)
+    }
+
+    /// The value of element (k, n) as dequantization computes it.
+    pub fn dequantized(&self, k: usize, n: usize) -> f32 {
+        let kb = self.k_blocks();
+        let b = k / self.spec.block;
+        let level = self.levels[n * kb * self.spec.block + k];
+        (f32::from(level) - f32::from(self.zero_points[n * kb + b])) * self.scales[n * kb + b]
+    }
+
+    /// The whole matrix dequantized, `[K, N]` row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.k * self.n];
+        for n in 0..self.n {
+            for k in 0..self.k {
+                out[k * self.n + n] = self.dequantized(k, n);
+            }
+        }
+        out
+    }
+
+    /// SQNR of the dequantized matrix against `values` (`[K, N]` row-major), in dB.
+    pub fn sqnr_db(&self, values: &[f32]) -> f64 {
+        let (mut signal, mut noise) = (0f64, 0f64);
+        for n in 0..self.n {
+            for k in 0..self.k {
+                let v = f64::from(values[k * self.n + n]);
+                let d = v - f64::from(self.dequantized(k, n));
+                signal += v * v;
+                noise += d * d;
+            }
+        }
+        if noise == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (signal / noise).log10()
+        }
+    }
+}
+
+/// Clipping ratios the search tries (1.0 is plain RTN).
+const CLIP_RATIOS: [f32; 12] = [
+    1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.825, 0.8, 0.775, 0.75, 0.7,
+];
+
+/// Quantizes one block of `values` with the range shrunk by `ratio`: (levels, scale, zero
+/// point, squared error).
+fn quantize_block(
+    values: &[f32],
+    spec: &BlockSpec,
+    ratio: f32,
+    levels: &mut [u8],
+) -> (f32, u8, f64) {
+    let qmax_u = (1u32 << spec.bits) - 1;
+    let mid = 1u32 << (spec.bits - 1);
+    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let (scale, zero) = if spec.symmetric {
+        // The value of largest magnitude, sign kept: it maps to -2^(bits-1), the level
+        // without a positive twin, so the full range of levels is used.
+        let extreme = finite.fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+        (extreme * ratio / -(mid as f32), mid)
+    } else {
+        let (lo, hi) = finite.fold((0f32, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = (lo * ratio, hi * ratio);
+        let scale = (hi - lo) / qmax_u as f32;
+        let zero = if scale == 0.0 {
+            mid
+        } else {
+            (-lo / scale).round().clamp(0.0, qmax_u as f32) as u32
+        };
+        (scale, zero)
+    };
+    let mut err = 0f64;
+    for (v, l) in values.iter().zip(levels.iter_mut()) {
+        let q = if scale == 0.0 || !scale.is_finite() {
+            zero
+        } else {
+            ((v / scale).round() + zero as f32).clamp(0.0, qmax_u as f32) as u32
+        };
+        *l = q as u8;
+        let d = f64::from(*v) - (f64::from(q) - f64::from(zero)) * f64::from(scale);
+        if d.is_finite() {
+            err += d * d;
+        }
+    }
+    let scale = if scale.is_finite() { scale } else { 0.0 };
+    (scale, zero as u8, err)
+}
+
+/// How a weight's values are laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[K, N]` row-major: MatMul's B.
+    KN,
+    /// `[N, K]` row-major: Gemm's B with transB, an embedding table `[rows, dim]`.
+    NK,
+}
+
+/// Quantizes `values`, a `[k, n]` row-major matrix, block-wise along K per column.
+pub fn quantize(values: &[f32], k: usize, n: usize, spec: BlockSpec) -> BlockQuantized {
+    quantize_laid_out(values, k, n, Layout::KN, spec)
+}
+
+/// Quantizes `values` holding a `K × N` matrix in `layout`, block-wise along K per column.
+pub fn quantize_laid_out(
+    values: &[f32],
+    k: usize,
+    n: usize,
+    layout: Layout,
+    spec: BlockSpec,
+) -> BlockQuantized {
+    let block = spec.block.max(1);
+    let kb = k.div_ceil(block);
+    let padded = kb * block;
+    let mid = 1u8 << (spec.bits - 1);
+    let mut levels = vec![0u8; n * padded];
+    let mut scales = vec![0f32; n * kb];
+    let mut zero_points = vec![mid; n * kb];
+    let ratios: &[f32] = match spec.algorithm {
+        Algorithm::Rtn => &CLIP_RATIOS[..1],
+        Algorithm::Clip => &CLIP_RATIOS,
+    };
+    let mut column = vec![0f32; k];
+    let mut trial = vec![0u8; block];
+    for c in 0..n {
+        match layout {
+            Layout::KN => {
+                for (r, v) in column.iter_mut().enumerate() {
+                    *v = values[r * n + c];
+                }
+            }
+            Layout::NK => column.copy_from_slice(&values[c * k..(c + 1) * k]),
+        }
+        for b in 0..kb {
+            let start = b * block;
+            let end = (start + block).min(k);
+            let chunk = &column[start..end];
+            let out = &mut levels[c * padded + start..c * padded + start + block];
+            let mut best = (f64::INFINITY, 0f32, mid);
+            for &ratio in ratios {
+                let (scale, zero, err) =
+                    quantize_block(chunk, &spec, ratio, &mut trial[..chunk.len()]);
+                if err < best.0 {
+                    best = (err, scale, zero);
+                    out[..chunk.len()].copy_from_slice(&trial[..chunk.len()]);
+                }
+            }
+            // K padding holds the zero point's level: it dequantizes to exactly 0.
+            out[chunk.len()..].fill(best.2);
+            scales[c * kb + b] = best.1;
+            zero_points[c * kb + b] = best.2;
+        }
+    }
+    BlockQuantized {
+        spec: BlockSpec { block, ..spec },
+        k,
+        n,
+        levels,
+        scales,
+        zero_points,
+    }
+}
+
+/// Packs 4-bit values two per byte, the element of even index in the low nibble (ONNX's INT4
+/// layout and ONNX Runtime's MatMulNBits blobs alike); an odd count ends with a zero nibble.
+pub fn pack_nibbles(values: impl IntoIterator<Item = u8>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut pending: Option<u8> = None;
+    for v in values {
+        match pending.take() {
+            None => pending = Some(v & 0x0F),
+            Some(low) => out.push(low | ((v & 0x0F) << 4)),
+        }
+    }
+    if let Some(low) = pending {
+        out.push(low);
+    }
+    out
+}
+
+/// The packed bytes of `levels` at `bits` per value.
+pub fn pack(levels: impl IntoIterator<Item = u8>, bits: u8) -> Vec<u8> {
+    if bits == 4 {
+        pack_nibbles(levels)
+    } else {
+        levels.into_iter().collect()
+    }
+}
+
+impl BlockQuantized {
+    /// `B` of `com.microsoft.MatMulNBits`: `[N, k_blocks, block * bits / 8]` bytes.
+    pub fn matmul_nbits_b(&self) -> Vec<u8> {
+        pack(self.levels.iter().copied(), self.spec.bits)
+    }
+
+    /// `zero_points` of MatMulNBits: `[N, ceil(k_blocks * bits / 8)]` bytes, each column
+    /// packed on its own.
+    pub fn matmul_nbits_zero_points(&self) -> Vec<u8> {
+        let kb = self.k_blocks();
+        (0..self.n)
+            .flat_map(|c| {
+                pack(
+                    self.zero_points[c * kb..(c + 1) * kb].iter().copied(),
+                    self.spec.bits,
+                )
+            })
+            .collect()
+    }
+
+    /// Levels in `[K, N]` row-major order (no padding), as the standard form stores them,
+    /// shifted to signed two's complement when symmetric.
+    pub fn standard_levels(&self) -> Vec<u8> {
+        let kb = self.k_blocks();
+        let padded = kb * self.spec.block;
+        let mid = 1u8 << (self.spec.bits - 1);
+        let mut out = Vec::with_capacity(self.k * self.n);
+        for k in 0..self.k {
+            for c in 0..self.n {
+                let l = self.levels[c * padded + k];
+                out.push(if self.spec.symmetric {
+                    l.wrapping_sub(mid)
+                } else {
+                    l
+                });
+            }
+        }
+        out
+    }
+
+    /// Scales `[k_blocks, N]` (the standard form's layout, transposed from the per-column one).
+    pub fn standard_scales(&self) -> Vec<f32> {
+        let kb = self.k_blocks();
+        let mut out = Vec::with_capacity(kb * self.n);
+        for b in 0..kb {
+            for c in 0..self.n {
+                out.push(self.scales[c * kb + b]);
+            }
+        }
+        out
+    }
+
+    /// Levels `[N, K]` row-major (no padding): an embedding table's rows, shifted to signed
+    /// two's complement when `signed`.
+    pub fn row_levels(&self, signed: bool) -> Vec<u8> {
+        let padded = self.k_blocks() * self.spec.block;
+        let mid = 1u8 << (self.spec.bits - 1);
+        let mut out = Vec::with_capacity(self.k * self.n);
+        for c in 0..self.n {
+            out.extend(
+                self.levels[c * padded..c * padded + self.k]
+                    .iter()
+                    .map(|&l| if signed { l.wrapping_sub(mid) } else { l }),
+            );
+        }
+        out
+    }
+
+    /// Zero points `[k_blocks, N]` as levels.
+    pub fn standard_zero_points(&self) -> Vec<u8> {
+        let kb = self.k_blocks();
+        let mut out = Vec::with_capacity(kb * self.n);
+        for b in 0..kb {
+            for c in 0..self.n {
+                out.push(self.zero_points[c * kb + b]);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(bits: u8, block: usize, symmetric: bool, algorithm: Algorithm) -> BlockSpec {
+        BlockSpec {
+            bits,
+            block,
+            symmetric,
+            algorithm,
+        }
+    }
+
+    #[test]
+    fn symmetric_rtn_maps_the_largest_magnitude_to_the_lowest_level() {
+        // One column, K = 4, block 4: extreme -2.0 -> scale 2/8 = 0.25, level 0.
+        let q = quantize(
+            &[1.0, -2.0, 0.5, 0.0],
+            4,
+            1,
+            spec(4, 4, true, Algorithm::Rtn),
+        );
+        assert_eq!(q.scales, vec![0.25]);
+        assert_eq!(q.zero_points, vec![8]);
+        assert_eq!(q.levels, vec![12, 0, 10, 8]);
+        assert_eq!(q.dequantize(), vec![1.0, -2.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn k_not_divisible_by_the_block_pads_with_the_zero_level() {
+        let values: Vec<f32> = (0..5).map(|v| v as f32 - 2.0).collect();
+        let q = quantize(&values, 5, 1, spec(4, 4, false, Algorithm::Rtn));
+        assert_eq!(q.k_blocks(), 2);
+        assert_eq!(q.levels.len(), 8);
+        assert_eq!(q.levels[5..], [q.zero_points[1]; 3]);
+        assert!(q.sqnr_db(&values) > 30.0);
+    }
+
+    #[test]
+    fn clip_search_is_never_worse_than_rtn() {
+        // A block with an outlier: clipping it helps the other 31 values.
+        let mut values: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 10.0)
+            .collect();
+        values[3] = 5.0;
+        let rtn = quantize(&values, 32, 2, spec(4, 32, true, Algorithm::Rtn));
+        let clip = quantize(&values, 32, 2, spec(4, 32, true, Algorithm::Clip));
+        assert!(clip.sqnr_db(&values) >= rtn.sqnr_db(&values));
+    }
+
+    #[test]
+    fn nibbles_pack_even_index_low() {
+        assert_eq!(pack_nibbles([1, 2, 3]), vec![0x21, 0x03]);
+    }
+}

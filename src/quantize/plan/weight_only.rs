@@ -1,0 +1,247 @@
+//! Weight-only mode's planner: MatMul/Gemm weights and embedding tables are stored in 4 or 8
+//! bits in blocks along the reduction axis; activations stay float. Nothing here reads data
+//! beyond the weights' shapes.
+
+use super::{is_constant, FloatReason, Plan, PlanConfig};
+use crate::graph::GraphIndex;
+use crate::onnx::attr;
+use crate::onnx::pb::tensor_proto::DataType;
+use crate::onnx::pb::NodeProto;
+use crate::quantize::blockwise::{Algorithm, BlockSpec};
+
+/// Which output form weight-only mode writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightForm {
+    /// ONNX Runtime's `com.microsoft.MatMulNBits` and `GatherBlockQuantized`.
+    #[default]
+    OnnxRuntime,
+    /// Standard ONNX: INT4/UINT4 or INT8/UINT8 initializers behind a blocked
+    /// `DequantizeLinear` (opset 21), portable to any runtime.
+    Standard,
+}
+
+/// Weight-only mode's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightOnlyConfig {
+    /// Bits of MatMul/Gemm weights: 4 or 8.
+    pub bits: u8,
+    /// Bits of embedding tables: 4 or 8.
+    pub table_bits: u8,
+    /// Values per block along the reduction axis; `None`: one block per output channel.
+    pub block: Option<usize>,
+    /// Symmetric (no zero points) or asymmetric.
+    pub symmetric: bool,
+    /// Rounding algorithm.
+    pub algorithm: Algorithm,
+    /// Output form.
+    pub form: WeightForm,
+    /// Nodes the accuracy search raised to 8 bits.
+    pub eight_bit_nodes: std::collections::BTreeSet<usize>,
+}
+
+impl Default for WeightOnlyConfig {
+    /// 4-bit weights and 8-bit tables, block 32, symmetric, clipping search, MatMulNBits.
+    fn default() -> Self {
+        WeightOnlyConfig {
+            bits: 4,
+            table_bits: 8,
+            block: Some(32),
+            symmetric: true,
+            algorithm: Algorithm::Clip,
+            form: WeightForm::OnnxRuntime,
+            eight_bit_nodes: Default::default(),
+        }
+    }
+}
+
+/// An op whose weight is stored block-quantized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightOnlyUse {
+    /// The MatMul, Gemm or Gather node.
+    pub node: usize,
+    /// The float weight or table.
+    pub weight: String,
+    /// What the node is.
+    pub kind: WeightOnlyKind,
+    /// K (the reduction axis, a table's row length) and N (outputs, a table's rows).
+    pub k: usize,
+    /// See `k`.
+    pub n: usize,
+    /// How it is quantized.
+    pub spec: BlockSpec,
+    /// Output form.
+    pub form: WeightForm,
+}
+
+/// The kind of op a weight-only use rewrites.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightOnlyKind {
+    /// MatMul (or Gemm) with a constant B; `transposed` when B is stored `[N, K]`.
+    MatMul {
+        /// B stored `[N, K]` (Gemm's transB).
+        transposed: bool,
+        /// Gemm's alpha (folded into the scales).
+        alpha: f32,
+        /// Gemm's constant C and beta, added after.
+        bias: Option<(String, f32)>,
+    },
+    /// Gather on axis 0 of a constant `[rows, dim]` table, blocks along `dim`.
+    Table,
+}
+
+/// The block for a table row of `dim` values: the largest power of two up to 256 that
+/// divides it (fewer scales, and ONNX Runtime's GatherBlockQuantized wants powers of two),
+/// else 32.
+fn table_block(dim: usize, asked: Option<usize>) -> usize {
+    if let Some(b) = asked.filter(|&b| b < 64) {
+        return b;
+    }
+    (4..=8)
+        .rev()
+        .map(|p| 1usize << p)
+        .find(|b| dim.is_multiple_of(*b))
+        .unwrap_or(32)
+}
+
+pub(super) fn plan(index: &GraphIndex, order: &[usize], config: &PlanConfig) -> Plan {
+    let graph = index.graph();
+    let mut p = Plan::default();
+    for &n in order {
+        match decide(index, &graph.node[n], n, config) {
+            Ok(u) => {
+                p.quantized.insert(n);
+                p.weight_only.push(u);
+            }
+            Err(reason) => {
+                p.float.insert(n, reason);
+            }
+        }
+    }
+    p
+}
+
+fn float_constant_dims(index: &GraphIndex, name: &str) -> Option<Vec<i64>> {
+    let float = index
+        .tensor_type(name)
+        .is_some_and(|t| t.elem_type == DataType::Float);
+    (float && is_constant(index, name))
+        .then(|| index.constant(name).map(|t| t.dims.clone()))
+        .flatten()
+}
+
+fn decide(
+    index: &GraphIndex,
+    node: &NodeProto,
+    n: usize,
+    config: &PlanConfig,
+) -> Result<WeightOnlyUse, FloatReason> {
+    if !matches!(node.domain(), "" | "ai.onnx") {
+        return Err(FloatReason::OtherDomain(node.domain().to_string()));
+    }
+    if config.exclude_nodes.contains(node.name())
+        || config.exclude_op_types.contains(node.op_type())
+    {
+        return Err(FloatReason::Excluded);
+    }
+    if config.fallback.nodes.contains(&n) {
+        return Err(FloatReason::AccuracyFallback);
+    }
+    let w = &config.weight_only;
+    let eight = w.eight_bit_nodes.contains(&n);
+    let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty());
+    let int = |name: &str| attr::int(node, name).ok().flatten().unwrap_or(0);
+    let float = |name: &str| attr::float(node, name).ok().flatten().unwrap_or(1.0);
+    match node.op_type() {
+        "MatMul" | "Gemm" => {
+            let gemm = node.op_type() == "Gemm";
+            let b = input(1).ok_or(FloatReason::Unsupported("an input is missing"))?;
+            let dims = float_constant_dims(index, b)
+                .ok_or_else(|| FloatReason::WeightNotConstant(b.clone()))?;
+            if dims.len() != 2 {
+                return Err(FloatReason::Unsupported(
+                    "weight-only mode: the weight is not a 2-D matrix",
+                ));
+            }
+            if gemm && int("transA") != 0 {
+                return Err(FloatReason::Unsupported(
+                    "weight-only mode: Gemm with transA is left float",
+                ));
+            }
+            let bias = match input(2).filter(|_| gemm) {
+                None => None,
+                Some(c) if float_constant_dims(index, c).is_some() => {
+                    Some((c.clone(), float("beta")))
+                }
+                Some(_) => {
+                    return Err(FloatReason::Unsupported(
+                        "weight-only mode: Gemm's C is not a constant",
+                    ))
+                }
+            };
+            let transposed = gemm && int("transB") != 0;
+            let (k, nn) = if transposed {
+                (dims[1], dims[0])
+            } else {
+                (dims[0], dims[1])
+            };
+            let bits = if eight { 8 } else { w.bits };
+            let block = match (w.block, w.form) {
+                (Some(b), _) => b,
+                // Per channel: one block spanning K (MatMulNBits wants a power of two; K is
+                // padded up to it).
+                (None, WeightForm::Standard) => k.max(1) as usize,
+                (None, WeightForm::OnnxRuntime) => (k.max(16) as usize).next_power_of_two(),
+            };
+            Ok(WeightOnlyUse {
+                node: n,
+                weight: b.clone(),
+                kind: WeightOnlyKind::MatMul {
+                    transposed,
+                    alpha: if gemm { float("alpha") } else { 1.0 },
+                    bias,
+                },
+                k: k.max(0) as usize,
+                n: nn.max(0) as usize,
+                spec: BlockSpec {
+                    bits,
+                    block,
+                    symmetric: w.symmetric,
+                    algorithm: w.algorithm,
+                },
+                form: w.form,
+            })
+        }
+        "Gather" => {
+            let table = input(0).ok_or(FloatReason::Unsupported("an input is missing"))?;
+            let dims = float_constant_dims(index, table)
+                .ok_or_else(|| FloatReason::WeightNotConstant(table.clone()))?;
+            if dims.len() != 2 || int("axis") != 0 {
+                return Err(FloatReason::Unsupported(
+                    "weight-only mode: only Gather on axis 0 of a 2-D table is quantized",
+                ));
+            }
+            let (rows, dim) = (dims[0].max(0) as usize, dims[1].max(0) as usize);
+            if rows * dim < 4096 {
+                return Err(FloatReason::Unsupported(
+                    "weight-only mode: table too small to be worth quantizing",
+                ));
+            }
+            Ok(WeightOnlyUse {
+                node: n,
+                weight: table.clone(),
+                kind: WeightOnlyKind::Table,
+                k: dim,
+                n: rows,
+                spec: BlockSpec {
+                    bits: if eight { 8 } else { w.table_bits },
+                    block: table_block(dim, w.block),
+                    symmetric: w.symmetric,
+                    algorithm: w.algorithm,
+                },
+                form: w.form,
+            })
+        }
+        _ => Err(FloatReason::NoRule),
+    }
+}

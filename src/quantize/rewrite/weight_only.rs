@@ -1,0 +1,400 @@
+//! Weight-only mode's part of the rewrite: each planned weight is block-quantized
+//! ([`crate::quantize::blockwise`]) and the op reads it in the chosen form:
+//! - ONNX Runtime's: `com.microsoft.MatMulNBits` (B packed `[N, k_blocks, block·bits/8]`,
+//!   scales `[N, k_blocks]`, zero points packed per column) and `GatherBlockQuantized`;
+//! - standard ONNX: INT4/UINT4 or INT8/UINT8 initializers behind a blocked
+//!   `DequantizeLinear` feeding a plain MatMul; an 8-bit table is gathered first, with its
+//!   scales, and only the gathered rows are dequantized.
+
+use std::collections::HashMap;
+
+use super::attr_int;
+use super::dynamic::{WeightError, MS_DOMAIN};
+use crate::error::{Error, Result};
+use crate::graph::{GraphIndex, Names};
+use crate::onnx::pb::tensor_proto::DataType;
+use crate::onnx::pb::{NodeProto, TensorProto};
+use crate::onnx::tensor;
+use crate::quantize::blockwise::{pack, quantize_laid_out, BlockQuantized, Layout};
+use crate::quantize::plan::{Plan, WeightForm, WeightOnlyKind, WeightOnlyUse};
+
+/// What weight-only mode adds to the graph.
+#[derive(Default)]
+pub(super) struct WeightOnlyRewrite {
+    /// The nodes that take the place of node `n`.
+    pub replaced: HashMap<usize, Vec<NodeProto>>,
+    /// New initializers.
+    pub initializers: Vec<TensorProto>,
+    /// Whether a `com.microsoft` op was written.
+    pub uses_ms_domain: bool,
+    /// Every weight written, with its error.
+    pub weights: Vec<WeightError>,
+}
+
+fn node(op: &str, name: String, inputs: Vec<String>, output: String) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name),
+        input: inputs,
+        output: vec![output],
+        ..Default::default()
+    }
+}
+
+fn ms_node(op: &str, name: String, inputs: Vec<String>, output: String) -> NodeProto {
+    NodeProto {
+        domain: Some(MS_DOMAIN.into()),
+        ..node(op, name, inputs, output)
+    }
+}
+
+/// The integer element type of `bits`-bit levels, signed when symmetric.
+fn level_type(bits: u8, signed: bool) -> DataType {
+    match (bits, signed) {
+        (4, true) => DataType::Int4,
+        (4, false) => DataType::Uint4,
+        (_, true) => DataType::Int8,
+        (_, false) => DataType::Uint8,
+    }
+}
+
+/// The quantized weight's initializers, by form, shared by every use that needs the same
+/// layout (a tied embedding/LM-head table is quantized once per layout).
+type Written = (String, String, Option<String>);
+
+/// Builds everything weight-only mode writes for `plan`.
+pub(super) fn rewrite(
+    index: &GraphIndex,
+    plan: &Plan,
+    names: &mut Names,
+) -> Result<WeightOnlyRewrite> {
+    let graph = index.graph();
+    let mut out = WeightOnlyRewrite::default();
+    let mut cache: HashMap<String, (Written, usize)> = HashMap::new();
+    for u in &plan.weight_only {
+        let original = &graph.node[u.node];
+        let base = if original.name().is_empty() {
+            original.output.first().cloned().unwrap_or_default()
+        } else {
+            original.name().to_string()
+        };
+        let (transposed, alpha) = match &u.kind {
+            WeightOnlyKind::MatMul {
+                transposed, alpha, ..
+            } => (*transposed, *alpha),
+            WeightOnlyKind::Table => (true, 1.0),
+        };
+        let key = format!(
+            "{}|{}|{:?}|{:?}|{}|{}",
+            u.weight,
+            transposed,
+            u.spec,
+            u.form,
+            matches!(u.kind, WeightOnlyKind::Table),
+            alpha.to_bits()
+        );
+        let (written, block) = match cache.get(&key) {
+            Some(w) => w.clone(),
+            None => {
+                let w = write_weight(index, u, transposed, alpha, names, &mut out)?;
+                cache.insert(key, w.clone());
+                w
+            }
+        };
+        let y = original.output[0].clone();
+        let mut nodes = Vec::new();
+        match &u.kind {
+            WeightOnlyKind::MatMul { bias, .. } => {
+                let unbiased = if bias.is_some() {
+                    names.fresh(&format!("{y}_unbiased"))
+                } else {
+                    y.clone()
+                };
+                let a = original.input[0].clone();
+                let (q, s, z) = written;
+                match u.form {
+                    WeightForm::OnnxRuntime => {
+                        let mut inputs = vec![a, q, s];
+                        inputs.extend(z);
+                        let mut mm = ms_node(
+                            "MatMulNBits",
+                            names.fresh(&format!("{base}_MatMulNBits")),
+                            inputs,
+                            unbiased.clone(),
+                        );
+                        mm.attribute = vec![
+                            attr_int("K", u.k as i64),
+                            attr_int("N", u.n as i64),
+                            attr_int("bits", i64::from(u.spec.bits)),
+                            attr_int("block_size", block as i64),
+                        ];
+                        nodes.push(mm);
+                        out.uses_ms_domain = true;
+                    }
+                    WeightForm::Standard => {
+                        let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
+                        let mut inputs = vec![q, s];
+                        inputs.extend(z);
+                        let mut dq = node(
+                            "DequantizeLinear",
+                            names.fresh(&format!("{base}_DequantizeWeight")),
+                            inputs,
+                            dq_out.clone(),
+                        );
+                        dq.attribute =
+                            vec![attr_int("axis", 0), attr_int("block_size", block as i64)];
+                        nodes.push(dq);
+                        nodes.push(node(
+                            "MatMul",
+                            names.fresh(&format!("{base}_MatMul")),
+                            vec![a, dq_out],
+                            unbiased.clone(),
+                        ));
+                    }
+                }
+                if let Some((c, beta)) = bias {
+                    let c_name = if *beta == 1.0 {
+                        c.clone()
+                    } else {
+                        let t = index
+                            .constant(c)
+                            .ok_or_else(|| Error::Model(format!("bias '{c}' is not a constant")))?;
+                        let v = tensor::to_f32(&t)
+                            .map_err(|e| Error::Model(format!("bias '{c}': {e}")))?;
+                        let scaled: Vec<f32> = v.iter().map(|x| x * beta).collect();
+                        let name = names.fresh(&format!("{c}_beta"));
+                        out.initializers
+                            .push(tensor::from_f32(&name, &t.dims, &scaled));
+                        name
+                    };
+                    nodes.push(node(
+                        "Add",
+                        names.fresh(&format!("{base}_Bias")),
+                        vec![unbiased, c_name],
+                        y,
+                    ));
+                }
+            }
+            WeightOnlyKind::Table => {
+                let ids = original.input[1].clone();
+                let (q, s, z) = written;
+                match (u.form, u.spec.bits) {
+                    (WeightForm::OnnxRuntime, _) => {
+                        let mut inputs = vec![q, ids, s];
+                        inputs.extend(z);
+                        let mut g = ms_node(
+                            "GatherBlockQuantized",
+                            names.fresh(&format!("{base}_GatherBlockQuantized")),
+                            inputs,
+                            y,
+                        );
+                        g.attribute = vec![
+                            attr_int("gather_axis", 0),
+                            attr_int("quantize_axis", 1),
+                            attr_int("block_size", block as i64),
+                            attr_int("bits", i64::from(u.spec.bits)),
+                        ];
+                        nodes.push(g);
+                        out.uses_ms_domain = true;
+                    }
+                    (WeightForm::Standard, 8) => {
+                        // Gather the 8-bit rows and their scales, dequantize only those.
+                        let mut dq_inputs = Vec::new();
+                        for (t, what) in std::iter::once((q, "rows"))
+                            .chain(std::iter::once((s, "scales")))
+                            .chain(z.map(|z| (z, "zero_points")))
+                        {
+                            let g_out = names.fresh(&format!("{y}_{what}"));
+                            nodes.push(node(
+                                "Gather",
+                                names.fresh(&format!("{base}_Gather_{what}")),
+                                vec![t, ids.clone()],
+                                g_out.clone(),
+                            ));
+                            dq_inputs.push(g_out);
+                        }
+                        let mut dq = node(
+                            "DequantizeLinear",
+                            names.fresh(&format!("{base}_DequantizeRows")),
+                            dq_inputs,
+                            y,
+                        );
+                        dq.attribute =
+                            vec![attr_int("axis", -1), attr_int("block_size", block as i64)];
+                        nodes.push(dq);
+                    }
+                    (WeightForm::Standard, _) => {
+                        // Gather cannot read 4-bit data: the table is dequantized, then
+                        // gathered.
+                        let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
+                        let mut inputs = vec![q, s];
+                        inputs.extend(z);
+                        let mut dq = node(
+                            "DequantizeLinear",
+                            names.fresh(&format!("{base}_DequantizeTable")),
+                            inputs,
+                            dq_out.clone(),
+                        );
+                        dq.attribute =
+                            vec![attr_int("axis", 1), attr_int("block_size", block as i64)];
+                        nodes.push(dq);
+                        nodes.push(NodeProto {
+                            input: vec![dq_out, ids],
+                            ..original.clone()
+                        });
+                    }
+                }
+            }
+        }
+        out.replaced.insert(u.node, nodes);
+    }
+    Ok(out)
+}
+
+/// Quantizes one weight and writes its initializers in the use's form: (levels, scales,
+/// zero points) names and the block size as written.
+fn write_weight(
+    index: &GraphIndex,
+    u: &WeightOnlyUse,
+    transposed: bool,
+    alpha: f32,
+    names: &mut Names,
+    out: &mut WeightOnlyRewrite,
+) -> Result<(Written, usize)> {
+    let t = index
+        .constant(&u.weight)
+        .ok_or_else(|| Error::Model(format!("weight '{}' is not a constant", u.weight)))?;
+    let values =
+        tensor::to_f32(&t).map_err(|e| Error::Model(format!("weight '{}': {e}", u.weight)))?;
+    let layout = if transposed { Layout::NK } else { Layout::KN };
+    let mut q = quantize_laid_out(&values, u.k, u.n, layout, u.spec);
+    out.weights.push(WeightError {
+        tensor: u.weight.clone(),
+        format: format!(
+            "{}-bit {} block {} {}",
+            u.spec.bits,
+            if u.spec.symmetric {
+                "symmetric"
+            } else {
+                "asymmetric"
+            },
+            q.spec.block,
+            u.spec.algorithm.name()
+        ),
+        sqnr_db: sqnr(&q, &values, layout),
+    });
+    if alpha != 1.0 {
+        q.scales.iter_mut().for_each(|s| *s *= alpha);
+    }
+    let (k, n, kb, block, bits) = (q.k, q.n, q.k_blocks(), q.spec.block, q.spec.bits);
+    let q_name = names.fresh(&format!("{}_q{bits}", u.weight));
+    let s_name = names.fresh(&format!("{}_scales", u.weight));
+    let z_name = (!u.spec.symmetric).then(|| names.fresh(&format!("{}_zero_points", u.weight)));
+    let table = matches!(u.kind, WeightOnlyKind::Table);
+    let (kb_i, n_i, k_i) = (kb as i64, n as i64, k as i64);
+    match (u.form, table) {
+        (WeightForm::OnnxRuntime, false) => {
+            let blob = (block * usize::from(bits)).div_ceil(8) as i64;
+            out.initializers.push(tensor::from_raw(
+                &q_name,
+                DataType::Uint8,
+                &[n_i, kb_i, blob],
+                q.matmul_nbits_b(),
+            ));
+            out.initializers
+                .push(tensor::from_f32(&s_name, &[n_i, kb_i], &q.scales));
+            if let Some(z) = &z_name {
+                let per_column = (kb * usize::from(bits)).div_ceil(8) as i64;
+                out.initializers.push(tensor::from_raw(
+                    z,
+                    DataType::Uint8,
+                    &[n_i, per_column],
+                    q.matmul_nbits_zero_points(),
+                ));
+            }
+        }
+        (WeightForm::OnnxRuntime, true) => {
+            // 4-bit tables are INT4 (symmetric, zero point 0) or UINT4; 8-bit ones UINT8,
+            // whose implicit zero point is 128.
+            let signed = bits == 4 && u.spec.symmetric;
+            let dt = if bits == 4 {
+                level_type(4, signed)
+            } else {
+                DataType::Uint8
+            };
+            out.initializers.push(tensor::from_raw(
+                &q_name,
+                dt,
+                &[n_i, k_i],
+                pack(q.row_levels(signed), bits),
+            ));
+            out.initializers
+                .push(tensor::from_f32(&s_name, &[n_i, kb_i], &q.scales));
+            if let Some(z) = &z_name {
+                out.initializers.push(tensor::from_raw(
+                    z,
+                    dt,
+                    &[n_i, kb_i],
+                    pack(q.zero_points.iter().copied(), bits),
+                ));
+            }
+        }
+        (WeightForm::Standard, false) => {
+            let dt = level_type(bits, u.spec.symmetric);
+            out.initializers.push(tensor::from_raw(
+                &q_name,
+                dt,
+                &[k_i, n_i],
+                pack(q.standard_levels(), bits),
+            ));
+            out.initializers.push(tensor::from_f32(
+                &s_name,
+                &[kb_i, n_i],
+                &q.standard_scales(),
+            ));
+            if let Some(z) = &z_name {
+                out.initializers.push(tensor::from_raw(
+                    z,
+                    dt,
+                    &[kb_i, n_i],
+                    pack(q.standard_zero_points(), bits),
+                ));
+            }
+        }
+        (WeightForm::Standard, true) => {
+            let dt = level_type(bits, u.spec.symmetric);
+            out.initializers.push(tensor::from_raw(
+                &q_name,
+                dt,
+                &[n_i, k_i],
+                pack(q.row_levels(u.spec.symmetric), bits),
+            ));
+            out.initializers
+                .push(tensor::from_f32(&s_name, &[n_i, kb_i], &q.scales));
+            if let Some(z) = &z_name {
+                out.initializers.push(tensor::from_raw(
+                    z,
+                    dt,
+                    &[n_i, kb_i],
+                    pack(q.zero_points.iter().copied(), bits),
+                ));
+            }
+        }
+    }
+    Ok(((q_name, s_name, z_name), block))
+}
+
+fn sqnr(q: &BlockQuantized, values: &[f32], layout: Layout) -> f64 {
+    match layout {
+        Layout::KN => q.sqnr_db(values),
+        Layout::NK => {
+            let mut kn = vec![0f32; values.len()];
+            for c in 0..q.n {
+                for r in 0..q.k {
+                    kn[r * q.n + c] = values[c * q.k + r];
+                }
+            }
+            q.sqnr_db(&kn)
+        }
+    }
+}
