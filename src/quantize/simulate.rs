@@ -578,6 +578,11 @@ mod tests {
             graph: Some(GraphProto {
                 node: vec![dq_w, dq_x],
                 initializer: vec![w, s],
+                // Folded tensors nothing reads are dropped: read `w` as an output.
+                output: vec![crate::onnx::pb::ValueInfoProto {
+                    name: Some("w".into()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
             ..Default::default()
