@@ -1,6 +1,8 @@
-//! ONNX protobuf types, loading (with external data) and atomic saving.
+//! ONNX protobuf types, loading (with external data), atomic saving, and the checks of where a
+//! run writes.
 
 pub mod attr;
+pub mod dest;
 pub mod dtype;
 pub mod external;
 mod load;
@@ -8,6 +10,7 @@ mod save;
 pub mod tensor;
 pub mod walk;
 
+pub use dest::{check_destination, OutputPlan};
 pub use load::{decode_model, Model};
 pub use save::write_atomic;
 pub use save::{encode_model, SaveOptions, SaveReport, PROTOBUF_LIMIT};
