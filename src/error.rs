@@ -106,6 +106,9 @@ pub enum Error {
         /// What is wrong with the folder.
         problem: String,
     },
+    /// The handler that removes temporary files on SIGINT/SIGTERM could not be installed.
+    #[error("installing the signal handler: {0}")]
+    Signal(std::io::Error),
     /// The model is structurally unusable for the requested operation.
     #[error("{0}")]
     Model(String),
