@@ -61,6 +61,58 @@ pub enum Error {
     /// needs, for instance).
     #[error("{0}")]
     Usage(String),
+    /// An output of the run names a file the run reads.
+    #[error("{role} {} is {input}", path.display())]
+    DestinationIsInput {
+        /// The output's role, such as `-o` or `--report`.
+        role: String,
+        /// The output path as given.
+        path: PathBuf,
+        /// What the run reads there, such as "the input model".
+        input: String,
+    },
+    /// Two outputs of one run name the same file.
+    #[error("{second} and {first} both name {}", path.display())]
+    SameDestination {
+        /// The role given first.
+        first: String,
+        /// The role given second.
+        second: String,
+        /// The path, as the second role gave it.
+        path: PathBuf,
+    },
+    /// An output names something that is not a regular file (a device, a FIFO, a socket, a
+    /// folder): replacing it would replace the node itself.
+    #[error("{role} {}: is {kind}, not a regular file; refusing to replace it", path.display())]
+    DestinationNotRegular {
+        /// The output's role.
+        role: String,
+        /// The output path as given.
+        path: PathBuf,
+        /// What it is, such as "a character device".
+        kind: &'static str,
+    },
+    /// An output names an existing file that has no write permission.
+    #[error("{role} {}: the file is read-only; refusing to replace it", path.display())]
+    DestinationReadOnly {
+        /// The output's role.
+        role: String,
+        /// The output path as given.
+        path: PathBuf,
+    },
+    /// An output's folder is missing, not a folder, or not writable.
+    #[error("{role} {}: {problem}", path.display())]
+    DestinationFolder {
+        /// The output's role.
+        role: String,
+        /// The output path as given.
+        path: PathBuf,
+        /// What is wrong with the folder.
+        problem: String,
+    },
+    /// The handler that removes temporary files on SIGINT/SIGTERM could not be installed.
+    #[error("installing the signal handler: {0}")]
+    Signal(std::io::Error),
     /// The model is structurally unusable for the requested operation.
     #[error("{0}")]
     Model(String),

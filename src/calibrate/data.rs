@@ -222,6 +222,9 @@ struct Loaded {
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
+/// Extensions (lower case) of every file a data source may read from a folder: what an output
+/// inside a calibration folder may not be.
+pub const SAMPLE_EXTENSIONS: &[&str] = &["npz", "npy", "pb", "png", "jpg", "jpeg"];
 
 impl DataSource {
     /// Detects the kind from what `path` holds unless `kind` is given; lists the sample files

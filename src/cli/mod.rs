@@ -11,9 +11,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use args::{BoundArgs, CalibArgs, DataArgs};
+use onnx_ptq::calibrate::data::SAMPLE_EXTENSIONS;
 use onnx_ptq::calibrate::{Calibrator, InputSpec, Ranges};
 use onnx_ptq::compare::{compare_models, CompareConfig};
-use onnx_ptq::onnx::Model;
+use onnx_ptq::onnx::{external_data_path, Model, OutputPlan, PendingFiles, SaveOptions};
 use onnx_ptq::quantize::{AccuracyConfig, Mode, PlanConfig, QuantizeConfig, TensorOverride};
 use onnx_ptq::validate::{self, ExecOptions};
 
@@ -205,23 +206,17 @@ pub enum Outcome {
     Failed,
 }
 
-/// Refuses to write `output` over `input` (compared through canonical paths).
-fn refuse_same_file(output: &Path, input: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
-        anyhow::ensure!(
-            a != b,
-            "refusing to overwrite the input file {}",
-            input.display()
-        );
-    }
+/// Checks every destination of a command against its inputs and each other before any work
+/// starts, and installs the handler that removes in-flight temporaries on SIGINT/SIGTERM.
+fn check_outputs(plan: &OutputPlan) -> Result<()> {
+    plan.check()?;
+    onnx_ptq::onnx::remove_temporaries_on_signal()?;
     Ok(())
 }
 
-/// Writes `value` as pretty JSON to `path`, atomically.
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
-    let json = serde_json::to_vec_pretty(value).context("encoding JSON")?;
-    onnx_ptq::onnx::write_atomic(path, &json)?;
-    Ok(())
+/// `value` as pretty JSON.
+fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).context("encoding JSON")
 }
 
 fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
@@ -255,14 +250,34 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             held_out,
             allow_int16,
         } => {
+            let mut plan = OutputPlan::new();
+            plan.input("the input model", &model);
+            if let Some(data) = &calib.calib {
+                plan.data_input("the calibration data", data, SAMPLE_EXTENSIONS);
+            }
+            if let Some(p) = &ranges {
+                plan.input("the --ranges file", p);
+            }
+            if let Some(p) = &overrides {
+                plan.input("the --overrides file", p);
+            }
+            plan.output("-o", &output);
+            if let Some(side) = external_data_path(&output) {
+                plan.conditional_output("the external-data file of -o", &side);
+            }
+            if let Some(p) = &report {
+                plan.output("--report", p);
+            }
+            check_outputs(&plan)?;
             let calibration = calib.config()?;
             let bounds = bounds.bounds()?;
-            refuse_same_file(&output, &model)?;
-            if let Some(r) = &report {
-                refuse_same_file(r, &model)?;
-            }
             let overrides = overrides.map(|p| read_overrides(&p)).transpose()?;
             let loaded = Model::load(&model)?;
+            plan.inputs(
+                "an external-data file of the input model",
+                &loaded.external_files,
+            )
+            .check()?;
             let inputs = InputSpec::of_model(&loaded.proto)?;
             let source = calib.open(&inputs)?;
             let mode = match mode.as_str() {
@@ -318,14 +333,17 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 ranges,
                 &config,
             )?;
+            // The model (and side file) and the report appear together, or none of them.
+            let mut pending = PendingFiles::new();
             let written = Model {
                 proto: quantized,
                 ..loaded
             }
-            .save(&output, &onnx_ptq::onnx::SaveOptions::default())?;
-            if let Some(path) = report {
-                write_json(&path, &summary)?;
+            .save_pending(&output, &SaveOptions::default(), &mut pending)?;
+            if let Some(path) = &report {
+                pending.add(path, &json_bytes(&summary)?)?;
             }
+            pending.commit()?;
             print::quantize_summary(&summary, &written.path);
             Ok(match &summary.accuracy {
                 Some(a) if !a.met => Outcome::Failed,
@@ -343,9 +361,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             json,
             bounds,
         } => {
+            let mut plan = OutputPlan::new();
+            plan.input("the float model", &float)
+                .input("the int8 model", &int8)
+                .data_input("the --data samples", &data, SAMPLE_EXTENSIONS);
+            if let Some(p) = &json {
+                plan.output("--json", p);
+            }
+            check_outputs(&plan)?;
             let bounds = bounds.bounds()?;
             let a = Model::load(&float)?;
             let b = Model::load(&int8)?;
+            plan.inputs(
+                "an external-data file of the float model",
+                &a.external_files,
+            )
+            .inputs("an external-data file of the int8 model", &b.external_files)
+            .check()?;
             let source = data_args.open(&data, &InputSpec::of_model(&a.proto)?)?;
             let report = compare_models(
                 &a.proto,
@@ -370,7 +402,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     "violations": violations,
                     "passed": violations.is_empty(),
                 });
-                write_json(&path, &value)?;
+                onnx_ptq::onnx::write_atomic(&path, &json_bytes(&value)?)?;
             }
             print::compare_table(&report, top_k, &violations);
             Ok(if violations.is_empty() {
@@ -384,9 +416,20 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             calib,
             output,
         } => {
+            let mut plan = OutputPlan::new();
+            plan.input("the input model", &model);
+            if let Some(data) = &calib.calib {
+                plan.data_input("the calibration data", data, SAMPLE_EXTENSIONS);
+            }
+            plan.output("-o", &output);
+            check_outputs(&plan)?;
             let config = calib.config()?;
-            refuse_same_file(&output, &model)?;
             let loaded = Model::load(&model)?;
+            plan.inputs(
+                "an external-data file of the input model",
+                &loaded.external_files,
+            )
+            .check()?;
             let mut calibrator = Calibrator::new(&loaded.proto, &model.display().to_string())?;
             if calib.bench_no_observe {
                 calibrator.disable_observation();
