@@ -246,11 +246,13 @@ pub struct WeightOnlyArgs {
     /// Weight-only: unsigned levels with a zero point per block instead of symmetric ones.
     #[arg(long)]
     pub asymmetric: bool,
-    /// Weight-only: rounding algorithm: `clip` (default; per block, the clipping of the range
-    /// that minimises the block's squared error) or `rtn` (round to nearest on the full
-    /// range, what ONNX Runtime's MatMulNBitsQuantizer does).
-    #[arg(long, default_value = "clip", value_parser = ["clip", "rtn"])]
-    pub algorithm: String,
+    /// Weight-only: rounding algorithm: `gptq` (the default with --calib: each input row's
+    /// rounding error is compensated on the rows after it through the inverse Hessian of the
+    /// layer's input on the calibration data), `clip` (the default without data: per block,
+    /// the clipping of the range that minimises the block's squared error) or `rtn` (round to
+    /// nearest on the full range, what ONNX Runtime's MatMulNBitsQuantizer does).
+    #[arg(long, value_parser = ["gptq", "clip", "rtn"])]
+    pub algorithm: Option<String>,
     /// Weight-only: output form: `onnxruntime` (com.microsoft.MatMulNBits and
     /// GatherBlockQuantized, what ONNX Runtime runs fastest) or `standard` (INT4/INT8 weights
     /// behind blocked DequantizeLinear, opset 21, for any runtime).
@@ -292,6 +294,7 @@ impl WeightOnlyArgs {
     pub fn config(
         &self,
         mode: onnx_ptq::quantize::Mode,
+        has_data: bool,
     ) -> Result<onnx_ptq::quantize::plan::WeightOnlyConfig> {
         use onnx_ptq::quantize::blockwise::Algorithm;
         use onnx_ptq::quantize::plan::{WeightForm, WeightOnlyConfig};
@@ -300,7 +303,7 @@ impl WeightOnlyArgs {
             || self.table_bits != defaults.table_bits
             || self.block != BlockArg::Size(32)
             || self.asymmetric
-            || self.algorithm != "clip"
+            || self.algorithm.is_some()
             || self.form != "onnxruntime";
         anyhow::ensure!(
             mode == onnx_ptq::quantize::Mode::WeightOnly || !changed,
@@ -318,10 +321,13 @@ impl WeightOnlyArgs {
                 BlockArg::PerChannel => None,
             },
             symmetric: !self.asymmetric,
-            algorithm: if self.algorithm == "rtn" {
-                Algorithm::Rtn
-            } else {
-                Algorithm::Clip
+            algorithm: match (self.algorithm.as_deref(), has_data) {
+                (Some("rtn"), _) => Algorithm::Rtn,
+                (Some("clip"), _) | (None, false) => Algorithm::Clip,
+                (Some(_), false) => {
+                    anyhow::bail!("--algorithm gptq needs calibration data (--calib)")
+                }
+                _ => Algorithm::Gptq,
             },
             form: if self.form == "standard" {
                 WeightForm::Standard
@@ -329,6 +335,7 @@ impl WeightOnlyArgs {
                 WeightForm::OnnxRuntime
             },
             eight_bit_nodes: Default::default(),
+            hessians: Default::default(),
         })
     }
 }

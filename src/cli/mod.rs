@@ -285,7 +285,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 "weight-only" => Mode::WeightOnly,
                 _ => Mode::Static,
             };
-            let weight_only = weight_only.config(mode)?;
+            let weight_only = weight_only.config(mode, calib.calib.is_some())?;
             anyhow::ensure!(
                 mode == Mode::Dynamic || !reduce_range,
                 "--reduce-range applies to --mode dynamic (static mode's int8 kernels do not saturate)"

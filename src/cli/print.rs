@@ -81,10 +81,14 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
     }
     let mode = s.mode;
     if mode == onnx_ptq::quantize::Mode::WeightOnly {
-        let _ = writeln!(
-            t,
-            "mode: weight-only (activations stay float; no calibration)"
-        );
+        let _ = writeln!(t, "mode: weight-only (activations stay float)");
+        if s.calibration_seconds > 0.0 {
+            let _ = writeln!(
+                t,
+                "calibration: {} in {:.2} s",
+                s.calibration_method, s.calibration_seconds
+            );
+        }
         let _ = writeln!(
             t,
             "quantized: nodes: {}; {} weights and tables",

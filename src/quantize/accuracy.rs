@@ -156,6 +156,10 @@ fn with_step(
 ) -> PlanConfig {
     let mut cfg = current.clone();
     let tensors = activations_of(graph, plan, n);
+    if current.mode == super::Mode::WeightOnly && weight_only_step(current, n) == "8-bit" {
+        cfg.weight_only.eight_bit_nodes.insert(n);
+        return cfg;
+    }
     if int16 {
         let wide = if current.activations.is_signed() {
             ActType::S16
@@ -175,8 +179,21 @@ fn with_step(
     cfg
 }
 
+/// What a step does to node `n` in weight-only mode: a 4-bit weight goes to 8 bits first,
+/// an 8-bit one to float.
+fn weight_only_step(cfg: &PlanConfig, n: usize) -> &'static str {
+    if cfg.weight_only.bits < 8 && !cfg.weight_only.eight_bit_nodes.contains(&n) {
+        "8-bit"
+    } else {
+        "float"
+    }
+}
+
 /// Whether `cfg` already applied the step for node `n`.
 fn stepped(cfg: &PlanConfig, graph: &GraphProto, plan: &Plan, n: usize, int16: bool) -> bool {
+    if cfg.mode == super::Mode::WeightOnly {
+        return cfg.fallback.nodes.contains(&n);
+    }
     if int16 {
         activations_of(graph, plan, n).iter().all(|t| {
             cfg.overrides
@@ -195,6 +212,9 @@ fn stepped(cfg: &PlanConfig, graph: &GraphProto, plan: &Plan, n: usize, int16: b
 fn candidates(graph: &GraphProto, plan: &Plan) -> Vec<usize> {
     if !plan.dynamic.is_empty() {
         return plan.dynamic.iter().map(|u| u.node()).collect();
+    }
+    if !plan.weight_only.is_empty() {
+        return plan.weight_only.iter().map(|u| u.node).collect();
     }
     plan.quantized
         .iter()
@@ -279,10 +299,28 @@ pub fn search(
 
     let mut current = base.clone();
     let mut current_measured = initial;
-    for (n, gain) in gains {
+    // Weight-only steps go 4 -> 8 bits on a first pass over the ranking, 8 bits -> float on
+    // a second; other modes take one pass.
+    let passes = if base.mode == super::Mode::WeightOnly && base.weight_only.bits < 8 {
+        2
+    } else {
+        1
+    };
+    let order: Vec<(usize, f64)> = (0..passes).flat_map(|_| gains.iter().copied()).collect();
+    for (n, gain) in order {
+        if evaluator.met(&current_measured)? {
+            break;
+        }
         if stepped(&current, graph, baseline, n, config.int16) {
             continue;
         }
+        let to = if current.mode == super::Mode::WeightOnly {
+            weight_only_step(&current, n)
+        } else if config.int16 {
+            "int16"
+        } else {
+            "float"
+        };
         let cfg = with_step(&current, graph, baseline, n, config.int16);
         let measured = evaluator.measure(&build(&cfg)?, threads)?;
         let node = node_label(&graph.node[n]);
@@ -294,7 +332,7 @@ pub fn search(
         report.steps.push(FallbackStep {
             node,
             op_type: graph.node[n].op_type().to_string(),
-            to: if config.int16 { "int16" } else { "float" },
+            to,
             gain_alone: gain,
             after: measured.clone(),
         });

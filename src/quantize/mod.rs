@@ -440,6 +440,9 @@ pub fn quantize(
         Ok(quantized)
     };
     let mut plan_config = prepared.plan_config.clone();
+    if let Some(h) = calibration.hessians {
+        plan_config.weight_only.hessians = h;
+    }
     let mut accuracy_report = None;
     if let (Some(a), Some(held)) = (&config.accuracy, &samples.held_out) {
         let baseline = plan::plan(graph, &plan_config, &lookup);
@@ -497,6 +500,55 @@ struct Calibration {
     seconds: f64,
     /// fp32 outputs of the comparison samples, when calibration computed them.
     reference: Option<Vec<Vec<tract_onnx::prelude::Tensor>>>,
+    /// Weight-only GPTQ: the statistics of every quantized MatMul's input.
+    hessians: Option<plan::Hessians>,
+}
+
+/// Runs the calibration samples through the float model and accumulates, for the input of
+/// every MatMul/Gemm weight-only mode quantizes, the Gram matrix `XᵀX` GPTQ needs (`K²`
+/// numbers per distinct input, whatever the number of samples).
+fn gather_hessians(
+    prepared: &ModelProto,
+    config: &PlanConfig,
+    source: &DataSource,
+) -> Result<plan::Hessians> {
+    let graph = prepared
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Model("the model has no graph".into()))?;
+    let planned = plan::plan(graph, config, &|_| None);
+    let mut wanted: BTreeMap<String, blockwise::Hessian> = planned
+        .weight_only
+        .iter()
+        .filter(|u| matches!(u.kind, plan::WeightOnlyKind::MatMul { .. }))
+        .map(|u| (u.activation.clone(), blockwise::Hessian::new(u.k)))
+        .collect();
+    let inputs: Vec<String> = crate::calibrate::InputSpec::of_model(prepared)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let runner = crate::engine::Runner::new(prepared, &inputs, false).map_err(Error::Tract)?;
+    for i in 0..source.len() {
+        let sample = source.load(i)?;
+        let label = sample.label.clone();
+        runner
+            .run_observing(sample.inputs, &mut |name, value| {
+                if let Some(h) = wanted.get_mut(name) {
+                    let plain = value
+                        .try_as_plain_ram()
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    let view = plain
+                        .as_slice::<f32>()
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    if view.len() % h.k == 0 {
+                        h.add_rows(view);
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::Tract(format!("gathering GPTQ statistics on {label}: {e}")))?;
+    }
+    Ok(plan::Hessians(std::sync::Arc::new(wanted)))
 }
 
 fn calibrate_stage(
@@ -506,6 +558,26 @@ fn calibrate_stage(
     ranges: Option<Ranges>,
     config: &QuantizeConfig,
 ) -> Result<Calibration> {
+    if config.plan.mode == Mode::WeightOnly
+        && config.plan.weight_only.algorithm == blockwise::Algorithm::Gptq
+    {
+        let source = samples
+            .calibration
+            .as_ref()
+            .ok_or_else(|| Error::Usage("GPTQ needs calibration data (--calib)".into()))?;
+        let start = Instant::now();
+        let hessians = gather_hessians(prepared, &config.plan, source)?;
+        return Ok(Calibration {
+            ranges: Ranges::empty(),
+            method: format!(
+                "GPTQ statistics (XᵀX of {} MatMul inputs)",
+                hessians.0.len()
+            ),
+            seconds: start.elapsed().as_secs_f64(),
+            reference: None,
+            hessians: Some(hessians),
+        });
+    }
     if config.plan.mode != Mode::Static {
         return Ok(Calibration {
             ranges: Ranges::empty(),
@@ -516,6 +588,7 @@ fn calibrate_stage(
             .into(),
             seconds: 0.0,
             reference: None,
+            hessians: None,
         });
     }
     if let Some(r) = ranges {
@@ -524,6 +597,7 @@ fn calibrate_stage(
             ranges: r,
             seconds: 0.0,
             reference: None,
+            hessians: None,
         });
     }
     let (Some(source), Some(compare)) = (&samples.calibration, &samples.compare) else {
@@ -542,6 +616,7 @@ fn calibrate_stage(
         ranges,
         seconds: start.elapsed().as_secs_f64(),
         reference: Some(kept),
+        hessians: None,
     })
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 pub use dynamic::{DynamicMatMul, DynamicUse, WeightFormat};
-pub use weight_only::{WeightForm, WeightOnlyConfig, WeightOnlyKind, WeightOnlyUse};
+pub use weight_only::{Hessians, WeightForm, WeightOnlyConfig, WeightOnlyKind, WeightOnlyUse};
 
 use super::params::{ActParams, ActType};
 use super::rules::{rule_for, Axis, InputRole, OpRule, OutputRole};
@@ -234,6 +234,8 @@ pub struct Plan {
     pub dynamic: Vec<DynamicUse>,
     /// Weight-only mode: the weights stored block-quantized.
     pub weight_only: Vec<WeightOnlyUse>,
+    /// Weight-only mode: GPTQ's input statistics.
+    pub weight_only_hessians: Hessians,
 }
 
 /// Decides what to quantize in `graph` (the main graph; subgraphs stay float), in the

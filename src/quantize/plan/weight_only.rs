@@ -7,7 +7,7 @@ use crate::graph::GraphIndex;
 use crate::onnx::attr;
 use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::NodeProto;
-use crate::quantize::blockwise::{Algorithm, BlockSpec};
+use crate::quantize::blockwise::{Algorithm, BlockSpec, Hessian};
 
 /// Which output form weight-only mode writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -38,6 +38,24 @@ pub struct WeightOnlyConfig {
     pub form: WeightForm,
     /// Nodes the accuracy search raised to 8 bits.
     pub eight_bit_nodes: std::collections::BTreeSet<usize>,
+    /// GPTQ's input statistics, by the name of the MatMul input they were gathered on.
+    pub hessians: Hessians,
+}
+
+/// The Hessians GPTQ reads, shared between the plans of an accuracy search.
+#[derive(Clone, Default)]
+pub struct Hessians(pub std::sync::Arc<std::collections::BTreeMap<String, Hessian>>);
+
+impl std::fmt::Debug for Hessians {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hessians({} inputs)", self.0.len())
+    }
+}
+
+impl PartialEq for Hessians {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for WeightOnlyConfig {
@@ -51,6 +69,7 @@ impl Default for WeightOnlyConfig {
             algorithm: Algorithm::Clip,
             form: WeightForm::OnnxRuntime,
             eight_bit_nodes: Default::default(),
+            hessians: Hessians::default(),
         }
     }
 }
@@ -62,6 +81,9 @@ pub struct WeightOnlyUse {
     pub node: usize,
     /// The float weight or table.
     pub weight: String,
+    /// The float input the weight multiplies (GPTQ's statistics are gathered on it); the
+    /// indices for a table.
+    pub activation: String,
     /// What the node is.
     pub kind: WeightOnlyKind,
     /// K (the reduction axis, a table's row length) and N (outputs, a table's rows).
@@ -106,7 +128,10 @@ fn table_block(dim: usize, asked: Option<usize>) -> usize {
 
 pub(super) fn plan(index: &GraphIndex, order: &[usize], config: &PlanConfig) -> Plan {
     let graph = index.graph();
-    let mut p = Plan::default();
+    let mut p = Plan {
+        weight_only_hessians: config.weight_only.hessians.clone(),
+        ..Plan::default()
+    };
     for &n in order {
         match decide(index, &graph.node[n], n, config) {
             Ok(u) => {
@@ -193,9 +218,16 @@ fn decide(
                 (None, WeightForm::Standard) => k.max(1) as usize,
                 (None, WeightForm::OnnxRuntime) => (k.max(16) as usize).next_power_of_two(),
             };
+            let a = input(0).ok_or(FloatReason::Unsupported("an input is missing"))?;
+            // GPTQ needs the input's statistics; without them, the clipping search.
+            let algorithm = match w.algorithm {
+                Algorithm::Gptq if !w.hessians.0.contains_key(a.as_str()) => Algorithm::Clip,
+                other => other,
+            };
             Ok(WeightOnlyUse {
                 node: n,
                 weight: b.clone(),
+                activation: a.clone(),
                 kind: WeightOnlyKind::MatMul {
                     transposed,
                     alpha: if gemm { float("alpha") } else { 1.0 },
@@ -207,7 +239,7 @@ fn decide(
                     bits,
                     block,
                     symmetric: w.symmetric,
-                    algorithm: w.algorithm,
+                    algorithm,
                 },
                 form: w.form,
             })
@@ -230,6 +262,7 @@ fn decide(
             Ok(WeightOnlyUse {
                 node: n,
                 weight: table.clone(),
+                activation: node.input.get(1).cloned().unwrap_or_default(),
                 kind: WeightOnlyKind::Table,
                 k: dim,
                 n: rows,
@@ -237,7 +270,10 @@ fn decide(
                     bits: if eight { 8 } else { w.table_bits },
                     block: table_block(dim, w.block),
                     symmetric: w.symmetric,
-                    algorithm: w.algorithm,
+                    algorithm: match w.algorithm {
+                        Algorithm::Gptq => Algorithm::Clip,
+                        other => other,
+                    },
                 },
                 form: w.form,
             })

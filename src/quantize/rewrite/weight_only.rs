@@ -15,7 +15,9 @@ use crate::graph::{GraphIndex, Names};
 use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::{NodeProto, TensorProto};
 use crate::onnx::tensor;
-use crate::quantize::blockwise::{pack, quantize_laid_out, BlockQuantized, Layout};
+use crate::quantize::blockwise::{
+    gptq, pack, quantize_laid_out, Algorithm, BlockQuantized, Hessian, Layout,
+};
 use crate::quantize::plan::{Plan, WeightForm, WeightOnlyKind, WeightOnlyUse};
 
 /// What weight-only mode adds to the graph.
@@ -85,8 +87,9 @@ pub(super) fn rewrite(
             WeightOnlyKind::Table => (true, 1.0),
         };
         let key = format!(
-            "{}|{}|{:?}|{:?}|{}|{}",
+            "{}|{}|{}|{:?}|{:?}|{}|{}",
             u.weight,
+            u.activation,
             transposed,
             u.spec,
             u.form,
@@ -96,7 +99,8 @@ pub(super) fn rewrite(
         let (written, block) = match cache.get(&key) {
             Some(w) => w.clone(),
             None => {
-                let w = write_weight(index, u, transposed, alpha, names, &mut out)?;
+                let hessian = plan.weight_only_hessians.0.get(&u.activation);
+                let w = write_weight(index, u, transposed, alpha, hessian, names, &mut out)?;
                 cache.insert(key, w.clone());
                 w
             }
@@ -258,6 +262,7 @@ fn write_weight(
     u: &WeightOnlyUse,
     transposed: bool,
     alpha: f32,
+    hessian: Option<&Hessian>,
     names: &mut Names,
     out: &mut WeightOnlyRewrite,
 ) -> Result<(Written, usize)> {
@@ -267,7 +272,10 @@ fn write_weight(
     let values =
         tensor::to_f32(&t).map_err(|e| Error::Model(format!("weight '{}': {e}", u.weight)))?;
     let layout = if transposed { Layout::NK } else { Layout::KN };
-    let mut q = quantize_laid_out(&values, u.k, u.n, layout, u.spec);
+    let mut q = match (u.spec.algorithm, hessian) {
+        (Algorithm::Gptq, Some(h)) => gptq(&values, u.k, u.n, layout, u.spec, h),
+        _ => quantize_laid_out(&values, u.k, u.n, layout, u.spec),
+    };
     out.weights.push(WeightError {
         tensor: u.weight.clone(),
         format: format!(
