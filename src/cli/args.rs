@@ -239,8 +239,9 @@ pub struct WeightOnlyArgs {
     #[arg(long, default_value_t = 8, value_parser = parse_bits)]
     pub table_bits: u8,
     /// Weight-only: values per block along the reduction axis, a power of two from 16 to 256,
-    /// or `per-channel` (one block per output column; 8 bits only). Smaller blocks are more
-    /// accurate and a little larger.
+    /// or `per-channel` (one block per output column; 8 bits only; ONNX Runtime's
+    /// MatMulNBits takes blocks of at most 256, so with --form onnxruntime a longer K is cut in
+    /// blocks of 256). Smaller blocks are more accurate and a little larger.
     #[arg(long, default_value = "32", value_parser = parse_block)]
     pub block: BlockArg,
     /// Weight-only: unsigned levels with a zero point per block instead of symmetric ones.

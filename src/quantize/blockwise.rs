@@ -141,7 +141,7 @@ fn quantize_block(
         let zero = if scale == 0.0 {
             mid
         } else {
-            (-lo / scale).round().clamp(0.0, qmax_u as f32) as u32
+            (-lo / scale).round_ties_even().clamp(0.0, qmax_u as f32) as u32
         };
         (scale, zero)
     };
@@ -150,7 +150,8 @@ fn quantize_block(
         let q = if scale == 0.0 || !scale.is_finite() {
             zero
         } else {
-            ((v / scale).round() + zero as f32).clamp(0.0, qmax_u as f32) as u32
+            // Half to even, as numpy's round (ONNX Runtime's quantizer) does.
+            ((v / scale).round_ties_even() + zero as f32).clamp(0.0, qmax_u as f32) as u32
         };
         *l = q as u8;
         let d = f64::from(*v) - (f64::from(q) - f64::from(zero)) * f64::from(scale);
@@ -191,41 +192,70 @@ pub fn quantize_laid_out(
     let mut levels = vec![0u8; n * padded];
     let mut scales = vec![0f32; n * kb];
     let mut zero_points = vec![mid; n * kb];
-    let ratios: &[f32] = match spec.algorithm {
-        Algorithm::Rtn => &CLIP_RATIOS[..1],
-        Algorithm::Clip | Algorithm::Gptq => &CLIP_RATIOS,
+    // 8-bit levels leave little to gain from clipping: a short grid keeps tables fast.
+    let ratios: &[f32] = match (spec.algorithm, spec.bits) {
+        (Algorithm::Rtn, _) => &CLIP_RATIOS[..1],
+        (_, 8) => &CLIP_RATIOS[..3],
+        _ => &CLIP_RATIOS,
     };
-    let mut column = vec![0f32; k];
-    let mut trial = vec![0u8; block];
-    for c in 0..n {
-        match layout {
-            Layout::KN => {
-                for (r, v) in column.iter_mut().enumerate() {
-                    *v = values[r * n + c];
+    // Columns are independent: split them over the cores. Each worker writes its own
+    // contiguous range of every output, so the result does not depend on the thread count.
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(n.div_ceil(64))
+        .max(1);
+    let per = n.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let mut levels_rest = levels.as_mut_slice();
+        let mut scales_rest = scales.as_mut_slice();
+        let mut zeros_rest = zero_points.as_mut_slice();
+        let mut first = 0;
+        while first < n {
+            let count = per.min(n - first);
+            let (l, lr) = std::mem::take(&mut levels_rest).split_at_mut(count * padded);
+            let (s, sr) = std::mem::take(&mut scales_rest).split_at_mut(count * kb);
+            let (z, zr) = std::mem::take(&mut zeros_rest).split_at_mut(count * kb);
+            levels_rest = lr;
+            scales_rest = sr;
+            zeros_rest = zr;
+            let columns = first..first + count;
+            scope.spawn(move || {
+                let mut column = vec![0f32; k];
+                let mut trial = vec![0u8; block];
+                for (j, c) in columns.enumerate() {
+                    match layout {
+                        Layout::KN => {
+                            for (r, v) in column.iter_mut().enumerate() {
+                                *v = values[r * n + c];
+                            }
+                        }
+                        Layout::NK => column.copy_from_slice(&values[c * k..(c + 1) * k]),
+                    }
+                    for b in 0..kb {
+                        let start = b * block;
+                        let end = (start + block).min(k);
+                        let chunk = &column[start..end];
+                        let out = &mut l[j * padded + start..j * padded + start + block];
+                        let mut best = (f64::INFINITY, 0f32, mid);
+                        for &ratio in ratios {
+                            let (scale, zero, err) =
+                                quantize_block(chunk, &spec, ratio, &mut trial[..chunk.len()]);
+                            if err < best.0 {
+                                best = (err, scale, zero);
+                                out[..chunk.len()].copy_from_slice(&trial[..chunk.len()]);
+                            }
+                        }
+                        // K padding holds the zero point's level: it dequantizes to exactly 0.
+                        out[chunk.len()..].fill(best.2);
+                        s[j * kb + b] = best.1;
+                        z[j * kb + b] = best.2;
+                    }
                 }
-            }
-            Layout::NK => column.copy_from_slice(&values[c * k..(c + 1) * k]),
+            });
+            first += count;
         }
-        for b in 0..kb {
-            let start = b * block;
-            let end = (start + block).min(k);
-            let chunk = &column[start..end];
-            let out = &mut levels[c * padded + start..c * padded + start + block];
-            let mut best = (f64::INFINITY, 0f32, mid);
-            for &ratio in ratios {
-                let (scale, zero, err) =
-                    quantize_block(chunk, &spec, ratio, &mut trial[..chunk.len()]);
-                if err < best.0 {
-                    best = (err, scale, zero);
-                    out[..chunk.len()].copy_from_slice(&trial[..chunk.len()]);
-                }
-            }
-            // K padding holds the zero point's level: it dequantizes to exactly 0.
-            out[chunk.len()..].fill(best.2);
-            scales[c * kb + b] = best.1;
-            zero_points[c * kb + b] = best.2;
-        }
-    }
+    });
     BlockQuantized {
         spec: BlockSpec { block, ..spec },
         k,
@@ -242,7 +272,7 @@ pub fn quantize_laid_out(
 pub struct Hessian {
     /// Row length (the MatMul's K).
     pub k: usize,
-    /// Upper triangle (row-major `k × k`; the lower half is not kept up to date).
+    /// `XᵀX`, row-major `k × k`.
     pub sum: Vec<f64>,
     /// Rows accumulated.
     pub rows: u64,
@@ -258,26 +288,27 @@ impl Hessian {
         }
     }
 
-    /// Adds every row of `values` (a multiple of `k` values long).
+    /// Adds every row of `values` (a multiple of `k` values long): `XᵀX` of the rows as one
+    /// matrix product (ndarray's blocked, vectorised GEMM), added to the running sum.
     pub fn add_rows(&mut self, values: &[f32]) {
         let k = self.k;
-        let mut row = vec![0f64; k];
-        for chunk in values.chunks_exact(k) {
-            for (r, &v) in row.iter_mut().zip(chunk) {
-                *r = if v.is_finite() { f64::from(v) } else { 0.0 };
-            }
-            for i in 0..k {
-                let xi = row[i];
-                if xi == 0.0 {
-                    continue;
-                }
-                let line = &mut self.sum[i * k + i..(i + 1) * k];
-                for (h, &xj) in line.iter_mut().zip(&row[i..]) {
-                    *h += xi * xj;
-                }
-            }
-            self.rows += 1;
+        let rows = values.len() / k.max(1);
+        if rows == 0 {
+            return;
         }
+        let x = ndarray::Array2::from_shape_fn((rows, k), |(r, c)| {
+            let v = values[r * k + c];
+            if v.is_finite() {
+                f64::from(v)
+            } else {
+                0.0
+            }
+        });
+        let gram = x.t().dot(&x);
+        for (h, g) in self.sum.iter_mut().zip(gram.iter()) {
+            *h += g;
+        }
+        self.rows += rows as u64;
     }
 }
 
@@ -307,26 +338,30 @@ fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), the form GPTQ's updates read.
 fn inverse_upper_cholesky(h: &[f64], n: usize) -> Option<Vec<f64>> {
     let l = cholesky(h, n)?;
-    // L⁻¹ by forward substitution, column by column.
-    let mut linv = vec![0f64; n * n];
+    // L⁻¹, stored transposed (row c of `t` is column c of L⁻¹) so that every inner loop
+    // below reads memory in order.
+    let mut t = vec![0f64; n * n];
     for c in 0..n {
-        linv[c * n + c] = 1.0 / l[c * n + c];
+        t[c * n + c] = 1.0 / l[c * n + c];
         for i in c + 1..n {
-            let mut sum = 0.0;
-            for p in c..i {
-                sum -= l[i * n + p] * linv[p * n + c];
-            }
-            linv[i * n + c] = sum / l[i * n + i];
+            let sum: f64 = l[i * n + c..i * n + i]
+                .iter()
+                .zip(&t[c * n + c..c * n + i])
+                .map(|(a, b)| a * b)
+                .sum();
+            t[c * n + i] = -sum / l[i * n + i];
         }
     }
-    // H⁻¹ = L⁻ᵀ L⁻¹.
+    // H⁻¹ = L⁻ᵀ L⁻¹: entry (i, j) is the dot product of columns i and j of L⁻¹, which are
+    // zero above their own index.
     let mut inv = vec![0f64; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let mut sum = 0.0;
-            for p in i..n {
-                sum += linv[p * n + i] * linv[p * n + j];
-            }
+            let sum: f64 = t[i * n + i..(i + 1) * n]
+                .iter()
+                .zip(&t[j * n + i..(j + 1) * n])
+                .map(|(a, b)| a * b)
+                .sum();
             inv[i * n + j] = sum;
             inv[j * n + i] = sum;
         }
@@ -341,28 +376,79 @@ fn inverse_upper_cholesky(h: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(upper)
 }
 
-/// GPTQ of `values` (a `K × N` matrix in `layout`) against the input statistics `hessian`:
+/// What GPTQ needs of a layer input's statistics, computed once per input and shared by
+/// every weight that reads it (a transformer's Q, K and V projections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptqFactor {
+    /// Row length.
+    pub k: usize,
+    /// Upper Cholesky factor of the damped inverse Hessian, `k × k`.
+    pub upper: Vec<f64>,
+    /// Inputs that were always zero: their weights cannot matter and are zeroed.
+    pub dead: Vec<bool>,
+}
+
+impl GptqFactor {
+    /// The factor of `hessian`, damped by 1 % of its mean diagonal (more when that is not
+    /// enough to make it positive definite); `None` when even heavy damping fails.
+    pub fn new(hessian: &Hessian) -> Option<GptqFactor> {
+        let k = hessian.k;
+        if hessian.rows == 0 {
+            return None;
+        }
+        let mut h = vec![0f64; k * k];
+        for i in 0..k {
+            for j in i..k {
+                h[i * k + j] = hessian.sum[i * k + j];
+                h[j * k + i] = hessian.sum[i * k + j];
+            }
+        }
+        let dead: Vec<bool> = (0..k).map(|i| h[i * k + i] == 0.0).collect();
+        for (i, &d) in dead.iter().enumerate() {
+            if d {
+                h[i * k + i] = 1.0;
+            }
+        }
+        let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
+        for damp in [0.01, 0.1, 1.0] {
+            let mut damped = h.clone();
+            for i in 0..k {
+                damped[i * k + i] += damp * mean_diag;
+            }
+            if let Some(upper) = inverse_upper_cholesky(&damped, k) {
+                return Some(GptqFactor { k, upper, dead });
+            }
+        }
+        None
+    }
+}
+
+/// GPTQ of `values` (a `K × N` matrix in `layout`) with the factor of its input's Hessian:
 /// rows (input features) are quantized in order, and each row's error, scaled by the inverse
 /// Hessian, is subtracted from the rows after it, so that the layer's output on the
-/// calibration inputs moves as little as possible. Falls back to the clipping search when the
-/// Hessian cannot be inverted even with heavy damping.
+/// calibration inputs moves as little as possible. Without a usable factor, the clipping
+/// search.
 pub fn gptq(
     values: &[f32],
     k: usize,
     n: usize,
     layout: Layout,
     spec: BlockSpec,
-    hessian: &Hessian,
+    factor: Option<&GptqFactor>,
 ) -> BlockQuantized {
     let clip = BlockSpec {
         algorithm: Algorithm::Clip,
         ..spec
     };
-    if hessian.k != k || hessian.rows == 0 {
+    let Some(f) = factor.filter(|f| f.k == k) else {
         return quantize_laid_out(values, k, n, layout, clip);
-    }
+    };
+    let u = &f.upper;
     let mut w = vec![0f64; k * n];
     for r in 0..k {
+        if f.dead[r] {
+            continue;
+        }
         for c in 0..n {
             w[r * n + c] = f64::from(match layout {
                 Layout::KN => values[r * n + c],
@@ -370,35 +456,6 @@ pub fn gptq(
             });
         }
     }
-    let mut h = vec![0f64; k * k];
-    for i in 0..k {
-        for j in i..k {
-            h[i * k + j] = hessian.sum[i * k + j];
-            h[j * k + i] = hessian.sum[i * k + j];
-        }
-    }
-    // Inputs that were always zero carry no information: their weights cannot matter.
-    for i in 0..k {
-        if h[i * k + i] == 0.0 {
-            h[i * k + i] = 1.0;
-            w[i * n..(i + 1) * n].fill(0.0);
-        }
-    }
-    let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
-    let mut upper = None;
-    for damp in [0.01, 0.1, 1.0] {
-        let mut damped = h.clone();
-        for i in 0..k {
-            damped[i * k + i] += damp * mean_diag;
-        }
-        upper = inverse_upper_cholesky(&damped, k);
-        if upper.is_some() {
-            break;
-        }
-    }
-    let Some(u) = upper else {
-        return quantize_laid_out(values, k, n, layout, clip);
-    };
     let block = spec.block.max(1);
     let kb = k.div_ceil(block);
     let padded = kb * block;
@@ -439,7 +496,7 @@ pub fn gptq(
                 let q = if s == 0.0 {
                     z
                 } else {
-                    ((v / s).round() + z).clamp(0.0, qmax)
+                    ((v / s).round_ties_even() + z).clamp(0.0, qmax)
                 };
                 levels[c * padded + r] = q as u8;
                 err[c] = (v - (q - z) * s) / d;
@@ -660,7 +717,7 @@ mod tests {
             e
         };
         let s = spec(4, 16, true, Algorithm::Gptq);
-        let g = gptq(&w, k, n, Layout::KN, s, &h);
+        let g = gptq(&w, k, n, Layout::KN, s, GptqFactor::new(&h).as_ref());
         let c = quantize(&w, k, n, spec(4, 16, true, Algorithm::Clip));
         assert!(
             output_error(&g) < output_error(&c) * 0.8,

@@ -213,10 +213,12 @@ fn decide(
             let bits = if eight { 8 } else { w.bits };
             let block = match (w.block, w.form) {
                 (Some(b), _) => b,
-                // Per channel: one block spanning K (MatMulNBits wants a power of two; K is
-                // padded up to it).
+                // Per channel: one block spanning K. MatMulNBits takes powers of two from
+                // 16 to 256: K is padded up to one, and a longer K is cut in blocks of 256.
                 (None, WeightForm::Standard) => k.max(1) as usize,
-                (None, WeightForm::OnnxRuntime) => (k.max(16) as usize).next_power_of_two(),
+                (None, WeightForm::OnnxRuntime) => {
+                    (k.max(16) as usize).next_power_of_two().min(256)
+                }
             };
             let a = input(0).ok_or(FloatReason::Unsupported("an input is missing"))?;
             // GPTQ needs the input's statistics; without them, the clipping search.
@@ -270,10 +272,10 @@ fn decide(
                     bits: if eight { 8 } else { w.table_bits },
                     block: table_block(dim, w.block),
                     symmetric: w.symmetric,
-                    algorithm: match w.algorithm {
-                        Algorithm::Gptq => Algorithm::Clip,
-                        other => other,
-                    },
+                    // A table has no input statistics for GPTQ, and --algorithm rtn exists
+                    // to compare the matrices with ONNX Runtime's RTN (which leaves tables
+                    // float): tables always get the clipping search.
+                    algorithm: Algorithm::Clip,
                 },
                 form: w.form,
             })

@@ -16,7 +16,7 @@ use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::{NodeProto, TensorProto};
 use crate::onnx::tensor;
 use crate::quantize::blockwise::{
-    gptq, pack, quantize_laid_out, Algorithm, BlockQuantized, Hessian, Layout,
+    gptq, pack, quantize_laid_out, Algorithm, BlockQuantized, GptqFactor, Layout,
 };
 use crate::quantize::plan::{Plan, WeightForm, WeightOnlyKind, WeightOnlyUse};
 
@@ -73,6 +73,8 @@ pub(super) fn rewrite(
     let graph = index.graph();
     let mut out = WeightOnlyRewrite::default();
     let mut cache: HashMap<String, (Written, usize)> = HashMap::new();
+    // GPTQ's factor of an input, computed once for every weight that reads it.
+    let mut factors: HashMap<String, Option<GptqFactor>> = HashMap::new();
     for u in &plan.weight_only {
         let original = &graph.node[u.node];
         let base = if original.name().is_empty() {
@@ -99,8 +101,27 @@ pub(super) fn rewrite(
         let (written, block) = match cache.get(&key) {
             Some(w) => w.clone(),
             None => {
-                let hessian = plan.weight_only_hessians.0.get(&u.activation);
-                let w = write_weight(index, u, transposed, alpha, hessian, names, &mut out)?;
+                let factor = match (u.spec.algorithm, factors.get(&u.activation)) {
+                    (Algorithm::Gptq, None) => {
+                        let f = plan
+                            .weight_only_hessians
+                            .0
+                            .get(&u.activation)
+                            .and_then(GptqFactor::new);
+                        factors.entry(u.activation.clone()).or_insert(f)
+                    }
+                    (_, Some(f)) => f,
+                    _ => &None,
+                };
+                let w = write_weight(
+                    index,
+                    u,
+                    transposed,
+                    alpha,
+                    factor.as_ref(),
+                    names,
+                    &mut out,
+                )?;
                 cache.insert(key, w.clone());
                 w
             }
@@ -131,6 +152,11 @@ pub(super) fn rewrite(
                             attr_int("N", u.n as i64),
                             attr_int("bits", i64::from(u.spec.bits)),
                             attr_int("block_size", block as i64),
+                            // int8 compute of the activations by block: what ONNX Runtime
+                            // chooses itself when it fuses the standard form, measured about
+                            // 1.5x faster than level 0 on MiniLM and a 4-layer decoder for a
+                            // cosine change in the fifth decimal.
+                            attr_int("accuracy_level", 4),
                         ];
                         nodes.push(mm);
                         out.uses_ms_domain = true;
@@ -262,7 +288,7 @@ fn write_weight(
     u: &WeightOnlyUse,
     transposed: bool,
     alpha: f32,
-    hessian: Option<&Hessian>,
+    factor: Option<&GptqFactor>,
     names: &mut Names,
     out: &mut WeightOnlyRewrite,
 ) -> Result<(Written, usize)> {
@@ -272,8 +298,8 @@ fn write_weight(
     let values =
         tensor::to_f32(&t).map_err(|e| Error::Model(format!("weight '{}': {e}", u.weight)))?;
     let layout = if transposed { Layout::NK } else { Layout::KN };
-    let mut q = match (u.spec.algorithm, hessian) {
-        (Algorithm::Gptq, Some(h)) => gptq(&values, u.k, u.n, layout, u.spec, h),
+    let mut q = match (u.spec.algorithm, factor) {
+        (Algorithm::Gptq, Some(f)) => gptq(&values, u.k, u.n, layout, u.spec, Some(f)),
         _ => quantize_laid_out(&values, u.k, u.n, layout, u.spec),
     };
     out.weights.push(WeightError {
