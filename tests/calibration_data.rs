@@ -2,8 +2,12 @@
 //! kind of bad data is refused with a message naming the file and the input. All fixtures are
 //! generated into temporary folders.
 
+mod common;
+
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use image::{GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use ndarray::{arr1, arr2, arr3, Array, ArrayD, IxDyn};
@@ -171,6 +175,31 @@ fn file_name(label: &str) -> &str {
     Path::new(label).file_name().unwrap().to_str().unwrap()
 }
 
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// `npz_pair.py`: `samples` samples for `model` saved with `np.savez` (`out/plain`) and with
+/// `np.savez_compressed` (`out/compressed`), float inputs cast to `dtype` when given. Checks that
+/// the compressed members really are deflated (zip method 8).
+fn npz_pair(model: &Path, out: &Path, samples: usize, dtype: Option<&str>) {
+    let n = samples.to_string();
+    let mut args = vec![
+        model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--samples",
+        &n,
+    ];
+    if let Some(dtype) = dtype {
+        args.extend(["--dtype", dtype]);
+    }
+    let line = common::python_ok("npz_pair.py", &args);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["methods"], serde_json::json!([8]), "{line}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model inputs
 
@@ -247,6 +276,65 @@ fn npz_folder_feeds_every_input_in_model_order() {
     // One .npz file is one sample.
     let single = open(&dir.path("data/s1.npz"), &inputs);
     assert_eq!((single.kind(), single.len()), (SourceKind::Npz, 1));
+}
+
+/// `onnx-ptq calibrate MODEL --calib DATA -o OUT -q EXTRA…`: the ranges JSON, without the
+/// run time.
+fn calibrate_json(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let r = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
+        .arg("calibrate")
+        .arg(model)
+        .arg("--calib")
+        .arg(data)
+        .arg("-o")
+        .arg(out)
+        .arg("-q")
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "calibrate on {} failed:\n{}",
+        data.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(out).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("seconds");
+    v
+}
+
+#[test]
+fn compressed_npz_calibrates_exactly_like_uncompressed() {
+    let dir = Dir::new();
+    let model = fixture("cnn.onnx");
+    npz_pair(&model, &dir.root(), 4, None);
+    for extra in [&[][..], &["--method", "percentile"]] {
+        let plain = calibrate_json(&model, &dir.path("plain"), &dir.path("p.json"), extra);
+        let compressed =
+            calibrate_json(&model, &dir.path("compressed"), &dir.path("c.json"), extra);
+        assert_eq!(plain["samples"], 4);
+        assert!(plain["tensors"].as_object().unwrap().len() > 3, "{plain}");
+        assert_eq!(plain, compressed, "{extra:?}");
+    }
+}
+
+#[test]
+fn compressed_float16_npz_loads_like_uncompressed() {
+    let dir = Dir::new();
+    npz_pair(&fixture("cnn.onnx"), &dir.root(), 2, Some("float16"));
+    let inputs = specs(&[("x", DataType::Float16, "N,3,32,32")]);
+    let plain = load_all(&open(&dir.path("plain"), &inputs));
+    let compressed = load_all(&open(&dir.path("compressed"), &inputs));
+    assert_eq!(plain.len(), 2);
+    for (p, c) in plain.iter().zip(&compressed) {
+        assert_eq!(file_name(&p.label), file_name(&c.label));
+        assert_eq!(
+            p.inputs[0].datum_type(),
+            tract_onnx::prelude::DatumType::F16
+        );
+        assert_eq!(p.inputs[0].shape(), &[2, 3, 32, 32]);
+        assert_eq!(p.inputs, c.inputs);
+    }
 }
 
 #[test]
@@ -1037,4 +1125,166 @@ fn a_limit_of_zero_is_an_error() {
     dir.npy("d/a.npy", &arr1(&[1f32]));
     let err = DataSource::open(&dir.path("d"), None, &f32_input("1"), None, Some(0)).unwrap_err();
     assert!(err.to_string().contains("limit of 0"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged compressed archives, through the command line
+
+/// Longest the refusal of a damaged file may take.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs `onnx-ptq args…`, killing it after `REFUSAL_LIMIT`: (exit code, stderr, time taken).
+fn run_cli(args: &[&Path]) -> (Option<i32>, String, Duration) {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut s).ok();
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > REFUSAL_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("onnx-ptq {args:?} did not finish within {REFUSAL_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), stderr.join().unwrap(), start.elapsed())
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn set_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn damaged_compressed_npz_exits_2_naming_file_and_member() {
+    let dir = Dir::new();
+    let model = fixture("cnn.onnx");
+    npz_pair(&model, &dir.path("src"), 1, None);
+    let good = fs::read(dir.path("src/compressed/sample_000.npz")).unwrap();
+    // np.savez_compressed writes one local header (with a ZIP64 extra field), the deflate
+    // stream, then the central directory.
+    assert!(good.starts_with(b"PK\x03\x04"));
+    let name_len = usize::from(u16::from_le_bytes([good[26], good[27]]));
+    let extra_len = usize::from(u16::from_le_bytes([good[28], good[29]]));
+    let data_start = 30 + name_len + extra_len;
+    let c = good.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    let compressed = u32_at(&good, c + 20) as usize;
+    let size = u32_at(&good, c + 24);
+    assert_eq!(good[c + 10], 8, "not deflated");
+    assert!(data_start + compressed <= c);
+
+    let flip = |at: usize| {
+        let mut b = good.clone();
+        for x in &mut b[at..at + 8] {
+            *x ^= 0xA5;
+        }
+        b
+    };
+    let mut wrong_crc = good.clone();
+    set_u32(&mut wrong_crc, 14, u32_at(&good, 14) ^ 1);
+    set_u32(&mut wrong_crc, c + 16, u32_at(&good, c + 16) ^ 1);
+    let mut huge = good.clone();
+    set_u32(&mut huge, c + 24, 0xFFFF_FFF0);
+    let mut off_by_4 = good.clone();
+    set_u32(&mut off_by_4, c + 24, size + 4);
+    let mut past_end = good.clone();
+    set_u32(&mut past_end, c + 20, good.len() as u32);
+
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "bytes flipped at the start of the deflate stream",
+            flip(data_start),
+            &[],
+        ),
+        (
+            "bytes flipped mid-stream",
+            flip(data_start + compressed / 2),
+            &[],
+        ),
+        (
+            "bytes flipped near the stream's end",
+            flip(data_start + compressed - 10),
+            &[],
+        ),
+        ("a wrong CRC", wrong_crc, &["CRC"]),
+        (
+            "a file cut in half",
+            good[..good.len() / 2].to_vec(),
+            &["truncated"],
+        ),
+        (
+            "a file missing its last byte",
+            good[..good.len() - 1].to_vec(),
+            &["truncated"],
+        ),
+        (
+            "a member claiming 4 GB uncompressed",
+            huge,
+            &["4294967280", "more than deflate"],
+        ),
+        (
+            "a member claiming 4 bytes more than its array",
+            off_by_4,
+            &["array header announces float32 [2,3,32,32]"],
+        ),
+        (
+            "a member whose data runs past the end",
+            past_end,
+            &["past the end"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, bytes, mentions)) in cases.iter().enumerate() {
+        let data = dir.path(&format!("bad{i}/sample_000.npz"));
+        fs::write(&data, bytes).unwrap();
+        let out = dir.path(&format!("bad{i}.json"));
+        let (code, stderr, took) = run_cli(&[
+            Path::new("calibrate"),
+            &model,
+            Path::new("--calib"),
+            data.parent().unwrap(),
+            Path::new("-o"),
+            &out,
+            Path::new("-q"),
+        ]);
+        let mut problems = Vec::new();
+        if code != Some(2) {
+            problems.push(format!("exit code {code:?}, expected 2"));
+        }
+        if stderr.contains("panicked") {
+            problems.push("a panic".into());
+        }
+        let file = data.to_str().unwrap();
+        for m in [file, "member 'x.npy'"].iter().chain(mentions.iter()) {
+            if !stderr.contains(m) {
+                problems.push(format!("stderr does not mention {m:?}"));
+            }
+        }
+        if out.exists() {
+            problems.push("ranges were written".into());
+        }
+        if took > Duration::from_secs(5) {
+            problems.push(format!("took {took:?}"));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("[{what}] {}\n{stderr}", problems.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -14,7 +14,6 @@ mod check;
 mod images;
 mod npy;
 mod proto;
-mod zip;
 
 use std::collections::HashSet;
 use std::fmt;

@@ -51,6 +51,8 @@ pub fn quantized_tensors(model: &ModelProto) -> BTreeMap<String, String> {
 /// quantized tensor holds the activation's output, not its input: `x -> Relu -> y` in the float
 /// model became `x -> Q -> DQ` with `y` gone. Such pairs are compared with `y`, or the
 /// clamped-away negatives would count as error.
+// Needs no tract, but only the tract comparison calls it.
+#[cfg_attr(not(feature = "tract"), allow(dead_code))]
 pub fn follow_absorbed_activations(
     pairs: BTreeMap<String, String>,
     float: &ModelProto,

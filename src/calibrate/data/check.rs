@@ -9,7 +9,6 @@ use super::{data_error, InputSpec};
 use crate::engine;
 use crate::error::Result;
 use crate::graph::Dim;
-use crate::onnx::dtype;
 use crate::onnx::pb::tensor_proto::DataType;
 
 /// Checks type, shape and values of `value`, read from `path`, for the input `spec`.
@@ -113,22 +112,7 @@ fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     index
 }
 
-/// A shape written like `[1,3,224,224]`, matching [`InputSpec::shape_string`].
-pub(super) fn shape_string(shape: &[usize]) -> String {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    format!("[{}]", dims.join(","))
-}
-
-/// The NumPy spelling of an element type (`float32` rather than ONNX's `float`), which is what
-/// people who write calibration data know.
-pub(super) fn dtype_name(dt: DataType) -> &'static str {
-    match dt {
-        DataType::Float => "float32",
-        DataType::Double => "float64",
-        DataType::Float16 => "float16",
-        other => dtype::name(other),
-    }
-}
+pub(super) use crate::numpy::{dtype_name, shape_string};
 
 /// The NumPy spelling of a tract element type.
 fn datum_name(dt: DatumType) -> String {
