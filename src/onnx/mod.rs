@@ -1,4 +1,4 @@
-//! ONNX protobuf types, loading (with external data) and atomic saving.
+//! ONNX protobuf types, loading (with external data, read eagerly or on demand) and atomic saving.
 
 pub mod attr;
 pub mod dtype;
@@ -8,7 +8,7 @@ mod save;
 pub mod tensor;
 pub mod walk;
 
-pub use load::{decode_model, Model};
+pub use load::{decode_model, LoadOptions, Model};
 pub use save::write_atomic;
 pub use save::{encode_model, SaveOptions, SaveReport, PROTOBUF_LIMIT};
 
