@@ -236,6 +236,15 @@ fn writer_output_runs_in_onnxruntime_like_the_input() {
             }
         }
         assert_eq!((rewritten, passed), (8, 8));
+        // Passing a tensor through again once it is stored changes nothing.
+        let first = &mut proto.graph.as_mut().unwrap().initializer;
+        let stored = first
+            .iter_mut()
+            .find(|t| t.name().contains(".attn."))
+            .unwrap();
+        let before = stored.clone();
+        writer.pass_through(&src, stored).unwrap();
+        assert_eq!(*stored, before);
         // All but the two [64] down-projection biases, which are under 1 KiB and stay inline.
         assert_eq!(writer.n_tensors(), 14);
         assert!(

@@ -134,8 +134,12 @@ impl ExternalWriter {
     /// Copies `t` from `source` unchanged: an external tensor of the source is streamed into
     /// the data file in chunks (never whole in memory), or read inline when below the
     /// threshold; an inline tensor is stored like [`ExternalWriter::append`] would. Tensors
-    /// with no raw byte form (strings) are left as they are.
+    /// with no raw byte form (strings) and tensors this writer already stored are left as they
+    /// are.
     pub fn pass_through(&mut self, source: &Model, t: &mut TensorProto) -> Result<()> {
+        if self.wrote(t) {
+            return Ok(());
+        }
         if !tensor::is_external(t) {
             return self.pass_through_inline(t);
         }
