@@ -272,7 +272,18 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let calibration = calib.config()?;
             let bounds = bounds.bounds()?;
             let overrides = overrides.map(|p| read_overrides(&p)).transpose()?;
-            let loaded = Model::load(&model)?;
+            let mode = match mode.as_str() {
+                "dynamic" => Mode::Dynamic,
+                "weight-only" => Mode::WeightOnly,
+                _ => Mode::Static,
+            };
+            // Weight-only mode without data never needs the float model whole: its weights
+            // stay on disk and are read one at a time, so a model larger than memory converts.
+            let loaded = if mode == Mode::WeightOnly && calib.calib.is_none() {
+                Model::load_lazy(&model)?
+            } else {
+                Model::load(&model)?
+            };
             plan.inputs(
                 "an external-data file of the input model",
                 &loaded.external_files,
@@ -280,11 +291,6 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             .check()?;
             let inputs = InputSpec::of_model(&loaded.proto)?;
             let source = calib.open(&inputs)?;
-            let mode = match mode.as_str() {
-                "dynamic" => Mode::Dynamic,
-                "weight-only" => Mode::WeightOnly,
-                _ => Mode::Static,
-            };
             let weight_only = weight_only.config(mode, calib.calib.is_some())?;
             anyhow::ensure!(
                 mode == Mode::Dynamic || !reduce_range,
@@ -325,14 +331,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 compare_samples: compare_samples as usize,
                 accuracy,
             };
-            let name = model.display().to_string();
-            let (quantized, summary) = onnx_ptq::quantize::quantize(
-                &loaded.proto,
-                &name,
-                source.as_ref(),
-                ranges,
-                &config,
-            )?;
+            let (quantized, summary) =
+                onnx_ptq::quantize::quantize_model(&loaded, source.as_ref(), ranges, &config)?;
             // The model (and side file) and the report appear together, or none of them.
             let mut pending = PendingFiles::new();
             let written = Model {

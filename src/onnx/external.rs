@@ -1,15 +1,22 @@
 //! External tensor data: parsing the `external_data` entries, refusing locations that would read
-//! outside the model's folder, and reading the bytes through a memory map.
+//! outside the model's folder, checking that the file holds what the tensor needs, and reading
+//! exactly the tensor's byte range (whole or in chunks) with positioned reads.
+//!
+//! Nothing here memory-maps the data files: mapped pages count toward the process's resident
+//! size, and a model larger than memory must be readable one tensor at a time.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
-use memmap2::Mmap;
-
 use super::pb::TensorProto;
 use super::tensor;
 use crate::error::{Error, Result};
+
+/// Chunk size for streaming a tensor's bytes: large enough that the per-read overhead is noise,
+/// small enough that a pass-through copy stays far below any tensor's size. A multiple of 8, so
+/// that every chunk holds whole elements of any type.
+pub const COPY_CHUNK: usize = 8 << 20;
 
 /// One tensor's `external_data` entries, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +27,17 @@ pub struct ExternalRef {
     pub offset: u64,
     /// `length` in bytes, to the end of the file when absent.
     pub length: Option<u64>,
+}
+
+/// Where an external tensor's bytes are, after every check has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalSpan {
+    /// Canonical path of the data file, inside the model's folder.
+    pub file: PathBuf,
+    /// Offset of the first byte.
+    pub offset: u64,
+    /// Number of bytes: exactly what the tensor's type and dims need.
+    pub len: u64,
 }
 
 /// Parses the `external_data` key/value entries of a tensor.
@@ -75,12 +93,16 @@ fn lexical_problem(location: &str) -> Option<&'static str> {
     None
 }
 
-/// Memory maps of the external files a model refers to, opened once each.
+/// The external files a model refers to, resolved and measured once each.
+///
+/// Files are opened per read rather than kept open: models exported one file per tensor can
+/// refer to more files than the process may hold descriptors for.
 pub struct ExternalFiles {
     model_path: PathBuf,
     dir: PathBuf,
     canonical_dir: Option<PathBuf>,
-    maps: HashMap<PathBuf, Option<Mmap>>,
+    /// Canonical path → file length.
+    lens: HashMap<PathBuf, u64>,
 }
 
 impl ExternalFiles {
@@ -94,13 +116,21 @@ impl ExternalFiles {
             model_path: model_path.to_path_buf(),
             dir,
             canonical_dir: None,
-            maps: HashMap::new(),
+            lens: HashMap::new(),
         }
     }
 
-    /// The canonical paths of every external file that was read.
+    /// The canonical paths of every external file that was located.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
-        self.maps.keys().map(PathBuf::as_path)
+        self.lens.keys().map(PathBuf::as_path)
+    }
+
+    fn error(&self, tensor: &str, message: String) -> Error {
+        Error::Tensor {
+            path: self.model_path.clone(),
+            tensor: tensor.to_string(),
+            message,
+        }
     }
 
     /// Resolves `location` to a canonical path inside the model's folder.
@@ -128,10 +158,11 @@ impl ExternalFiles {
             }
         };
         let joined = self.dir.join(location);
-        let canonical = joined.canonicalize().map_err(|e| Error::Tensor {
-            path: self.model_path.clone(),
-            tensor: tensor.to_string(),
-            message: format!("cannot open external data file {}: {e}", joined.display()),
+        let canonical = joined.canonicalize().map_err(|e| {
+            self.error(
+                tensor,
+                format!("cannot open external data file {}: {e}", joined.display()),
+            )
         })?;
         if !canonical.starts_with(&canonical_dir) {
             return Err(unsafe_location("it resolves outside the model's folder"));
@@ -139,83 +170,195 @@ impl ExternalFiles {
         Ok(canonical)
     }
 
-    /// Replaces an external tensor's reference with its bytes, after checking that the file holds
-    /// exactly what the tensor's type and dims need.
-    pub fn inline(&mut self, t: &mut TensorProto, tensor_name: &str) -> Result<()> {
-        let model_path = self.model_path.clone();
-        let bad = |message: String| Error::Tensor {
-            path: model_path.clone(),
-            tensor: tensor_name.to_string(),
-            message,
-        };
-        let r = parse_ref(t).map_err(&bad)?;
+    /// Checks an external tensor's reference without reading its data: the location is safe and
+    /// inside the model's folder, names a regular file, and the range lies within the file and
+    /// holds exactly what the tensor's type and dims need.
+    pub fn locate(&mut self, t: &TensorProto, tensor_name: &str) -> Result<ExternalSpan> {
+        let r = parse_ref(t).map_err(|m| self.error(tensor_name, m))?;
         let file = self.resolve(tensor_name, &r.location)?;
         let need = tensor::expected_raw_len(t)
-            .map_err(&bad)?
-            .ok_or_else(|| bad("string tensors cannot be stored as external data".into()))?;
-        if !self.maps.contains_key(&file) {
-            let cannot_read = |e: std::io::Error| {
-                bad(format!(
-                    "cannot read external data file {}: {e}",
-                    file.display()
-                ))
-            };
-            let meta = std::fs::metadata(&file).map_err(cannot_read)?;
-            if !meta.is_file() {
-                return Err(bad(format!(
-                    "external data location {} is not a regular file",
-                    file.display()
-                )));
+            .map_err(|m| self.error(tensor_name, m))?
+            .ok_or_else(|| {
+                self.error(
+                    tensor_name,
+                    "string tensors cannot be stored as external data".into(),
+                )
+            })?;
+        let file_len = match self.lens.get(&file) {
+            Some(&len) => len,
+            None => {
+                let meta = std::fs::metadata(&file).map_err(|e| {
+                    self.error(
+                        tensor_name,
+                        format!("cannot read external data file {}: {e}", file.display()),
+                    )
+                })?;
+                if !meta.is_file() {
+                    return Err(self.error(
+                        tensor_name,
+                        format!(
+                            "external data location {} is not a regular file",
+                            file.display()
+                        ),
+                    ));
+                }
+                self.lens.insert(file.clone(), meta.len());
+                meta.len()
             }
-            let f = File::open(&file).map_err(cannot_read)?;
-            let len = meta.len();
-            // SAFETY: the map is only read while `self` lives; a file truncated underneath us by
-            // another process is outside what any reader of memory maps can defend against.
-            let map = if len == 0 {
-                None
-            } else {
-                Some(unsafe { Mmap::map(&f) }.map_err(cannot_read)?)
-            };
-            self.maps.insert(file.clone(), map);
-        }
-        let bytes: &[u8] = self.maps[&file].as_deref().unwrap_or(&[]);
-        let file_len = bytes.len() as u64;
+        };
         if r.offset > file_len {
-            return Err(bad(format!(
-                "external data offset {} is beyond the end of {} ({file_len} bytes)",
-                r.offset,
-                file.display()
-            )));
+            return Err(self.error(
+                tensor_name,
+                format!(
+                    "external data offset {} is beyond the end of {} ({file_len} bytes)",
+                    r.offset,
+                    file.display()
+                ),
+            ));
         }
         let available = r.length.unwrap_or(file_len - r.offset);
         if r.offset
             .checked_add(available)
             .is_none_or(|end| end > file_len)
         {
-            return Err(bad(format!(
-                "external data range {}..+{available} is beyond the end of {} ({file_len} bytes)",
-                r.offset,
-                file.display()
-            )));
+            return Err(self.error(
+                tensor_name,
+                format!(
+                    "external data range {}..+{available} is beyond the end of {} ({file_len} bytes)",
+                    r.offset,
+                    file.display()
+                ),
+            ));
         }
         if available < need {
-            return Err(bad(format!(
-                "dims {:?} claim {need} bytes but the external data holds {available}",
-                t.dims
-            )));
+            return Err(self.error(
+                tensor_name,
+                format!(
+                    "dims {:?} claim {need} bytes but the external data holds {available}",
+                    t.dims
+                ),
+            ));
         }
         if r.length.is_some() && available != need {
-            return Err(bad(format!(
-                "external data length {available} does not match the {need} bytes dims {:?} need",
-                t.dims
-            )));
+            return Err(self.error(
+                tensor_name,
+                format!(
+                    "external data length {available} does not match the {need} bytes dims {:?} need",
+                    t.dims
+                ),
+            ));
         }
-        let start = r.offset as usize;
-        t.raw_data = Some(bytes[start..start + need as usize].to_vec());
+        Ok(ExternalSpan {
+            file,
+            offset: r.offset,
+            len: need,
+        })
+    }
+
+    /// Reads a located span into memory.
+    pub fn read(&self, span: &ExternalSpan, tensor_name: &str) -> Result<Vec<u8>> {
+        let len = usize::try_from(span.len).map_err(|_| {
+            self.error(
+                tensor_name,
+                format!("{} bytes do not fit in memory", span.len),
+            )
+        })?;
+        let mut bytes = vec![0; len];
+        self.read_at(span, 0, &mut bytes, tensor_name)?;
+        Ok(bytes)
+    }
+
+    /// Streams a located span through `f`, at most [`COPY_CHUNK`] bytes at a time, so that a
+    /// tensor can be copied without ever being whole in memory.
+    pub fn for_each_chunk(
+        &self,
+        span: &ExternalSpan,
+        tensor_name: &str,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut buf = vec![0; COPY_CHUNK.min(span.len as usize)];
+        let file = self.open(span, tensor_name)?;
+        let mut done = 0u64;
+        while done < span.len {
+            let n = (span.len - done).min(buf.len() as u64) as usize;
+            self.pread(&file, span, done, &mut buf[..n], tensor_name)?;
+            f(&buf[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn open(&self, span: &ExternalSpan, tensor_name: &str) -> Result<File> {
+        File::open(&span.file).map_err(|e| {
+            self.error(
+                tensor_name,
+                format!(
+                    "cannot read external data file {}: {e}",
+                    span.file.display()
+                ),
+            )
+        })
+    }
+
+    fn read_at(
+        &self,
+        span: &ExternalSpan,
+        start: u64,
+        buf: &mut [u8],
+        tensor_name: &str,
+    ) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.open(span, tensor_name)?;
+        self.pread(&file, span, start, buf, tensor_name)
+    }
+
+    /// Reads `buf.len()` bytes at `span.offset + start`; a file that shrank since it was located
+    /// is reported as such rather than as a bare end-of-file.
+    fn pread(
+        &self,
+        file: &File,
+        span: &ExternalSpan,
+        start: u64,
+        buf: &mut [u8],
+        tensor_name: &str,
+    ) -> Result<()> {
+        read_exact_at(file, buf, span.offset + start).map_err(|e| {
+            self.error(
+                tensor_name,
+                format!(
+                    "cannot read bytes {}..+{} of external data file {}: {e}",
+                    span.offset + start,
+                    buf.len(),
+                    span.file.display()
+                ),
+            )
+        })
+    }
+
+    /// Replaces an external tensor's reference with its bytes, after checking that the file holds
+    /// exactly what the tensor's type and dims need.
+    pub fn inline(&mut self, t: &mut TensorProto, tensor_name: &str) -> Result<()> {
+        let span = self.locate(t, tensor_name)?;
+        t.raw_data = Some(self.read(&span, tensor_name)?);
         t.external_data.clear();
         t.data_location = None;
         Ok(())
     }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
 
 #[cfg(test)]

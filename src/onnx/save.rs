@@ -9,19 +9,15 @@ use prost::Message;
 
 use super::dest::{check_destination, parent_folder};
 use super::load::Model;
-use super::pb::tensor_proto::DataLocation;
-use super::pb::{ModelProto, StringStringEntryProto, TensorProto};
-use super::walk::{for_each_tensor_mut, TensorSite};
-use super::{dtype, tensor};
+use super::pb::ModelProto;
+use super::writer::ExternalWriter;
 use crate::error::{Error, Result};
 
 /// Protobuf refuses messages of 2 GiB and more; stay clear of the limit.
 pub const PROTOBUF_LIMIT: u64 = (2 << 30) - (64 << 20);
 /// Tensor size from which weights go to the side file when external data is switched on
 /// automatically because the model is too large for one protobuf.
-const AUTO_EXTERNAL_THRESHOLD: u64 = 1024;
-/// Offsets in the side file are aligned so that the data can be memory-mapped and read in place.
-const EXTERNAL_ALIGN: u64 = 64;
+pub(crate) const AUTO_EXTERNAL_THRESHOLD: u64 = 1024;
 
 /// How to write a model.
 #[derive(Debug, Clone)]
@@ -90,8 +86,10 @@ impl Model {
     ) -> Result<SaveReport> {
         let path = path.as_ref();
         refuse_sources(path, &self.source_files)?;
+        // A model whose tensors are still in the input's files (a lazy load) always gets a side
+        // file of its own: its references cannot be kept, they are relative to the input.
         let threshold = options.external_threshold.or_else(|| {
-            (self.proto.encoded_len() as u64 >= options.size_limit)
+            (self.has_external_refs() || self.proto.encoded_len() as u64 >= options.size_limit)
                 .then_some(AUTO_EXTERNAL_THRESHOLD)
         });
         let Some(threshold) = threshold else {
@@ -104,103 +102,19 @@ impl Model {
                 model_bytes: bytes.len() as u64,
             });
         };
-        let data_path = external_data_path(path)
-            .ok_or_else(|| Error::Model(format!("{}: not a file path", path.display())))?;
-        let data_name = data_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        refuse_sources(&data_path, &self.source_files)?;
-        let mut proto = self.proto.clone();
-        let mut side = Vec::new();
-        let mut n_external_tensors = 0;
-        for_each_tensor_mut(&mut proto, &mut |t, _name, site| -> Result<()> {
-            if site == TensorSite::SparseInitializer {
-                return Ok(());
-            }
-            let Some(raw) = to_raw(t) else { return Ok(()) };
-            if (raw.len() as u64) < threshold {
-                return Ok(());
-            }
-            while !(side.len() as u64).is_multiple_of(EXTERNAL_ALIGN) {
-                side.push(0);
-            }
-            let offset = side.len();
-            side.extend_from_slice(&raw);
-            clear_data(t);
-            t.data_location = Some(DataLocation::External as i32);
-            t.external_data = [
-                ("location", data_name.clone()),
-                ("offset", offset.to_string()),
-                ("length", raw.len().to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| StringStringEntryProto {
-                key: Some(k.into()),
-                value: Some(v),
-            })
-            .collect();
-            n_external_tensors += 1;
-            Ok(())
-        })?;
-        let bytes = encode_model(&proto);
-        if n_external_tensors > 0 {
-            pending.add(&data_path, &side)?;
-        }
-        pending.add(path, &bytes)?;
-        Ok(SaveReport {
-            path: path.to_path_buf(),
-            external_file: (n_external_tensors > 0).then_some(data_path),
-            n_external_tensors,
-            model_bytes: bytes.len() as u64,
-        })
+        // Streams through the writer: tensors still in the input's external files (a lazy
+        // load) are copied chunk by chunk, in-memory ones written straight from their buffers;
+        // the side file is staged in `pending` with the model.
+        let (report, staged) = ExternalWriter::create(path, &self.source_files)?
+            .with_threshold(threshold)
+            .finish_staged(self.proto.clone(), Some(self))?;
+        pending.append(staged);
+        Ok(report)
     }
-}
-
-/// The tensor's data as little-endian raw bytes, `None` for strings and unknown types.
-fn to_raw(t: &TensorProto) -> Option<Vec<u8>> {
-    if let Some(raw) = &t.raw_data {
-        return Some(raw.clone());
-    }
-    let dt = tensor::data_type(t).ok()?;
-    use super::pb::tensor_proto::DataType::*;
-    let n = tensor::element_count(&t.dims).ok()? as usize;
-    let bytes: Vec<u8> = match dt {
-        Float | Complex64 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Double | Complex128 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Int64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Uint64 => t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Uint32 => t
-            .uint64_data
-            .iter()
-            .flat_map(|&v| (v as u32).to_le_bytes())
-            .collect(),
-        Int32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Int16 | Uint16 | Float16 | Bfloat16 => t
-            .int32_data
-            .iter()
-            .flat_map(|&v| (v as u16).to_le_bytes())
-            .collect(),
-        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
-        | Float8e8m0 | Int4 | Uint4 | Float4e2m1 => t.int32_data.iter().map(|&v| v as u8).collect(),
-        // 2-bit types have no agreed typed-field packing to convert from: leave them inline.
-        Uint2 | Int2 | String | Undefined => return None,
-    };
-    let need = dtype::raw_len(dt, n as u64)? as usize;
-    (bytes.len() >= need).then(|| bytes[..need].to_vec())
-}
-
-fn clear_data(t: &mut TensorProto) {
-    t.raw_data = None;
-    t.float_data.clear();
-    t.int32_data.clear();
-    t.int64_data.clear();
-    t.double_data.clear();
-    t.uint64_data.clear();
 }
 
 /// Refuses `dest` when it is (or links to) one of the files the model was read from.
-fn refuse_sources(dest: &Path, sources: &[PathBuf]) -> Result<()> {
+pub(crate) fn refuse_sources(dest: &Path, sources: &[PathBuf]) -> Result<()> {
     let canonical = match dest.canonicalize() {
         Ok(p) => p,
         Err(_) => {
@@ -323,6 +237,54 @@ impl PendingFiles {
         }
         file.sync_all().map_err(|e| Error::io(dest, e))?;
         Ok(())
+    }
+
+    /// Stages an empty temporary for `dest` and hands out the open file, for data written a
+    /// piece at a time (a side file of external data larger than memory).
+    pub fn add_streamed(&mut self, dest: &Path) -> Result<fs::File> {
+        let checked = check_destination("output", dest)?;
+        if let Some(other) = self
+            .staged
+            .iter()
+            .find(|s| s.canonical == checked.canonical)
+        {
+            return Err(Error::SameDestination {
+                first: "output".into(),
+                second: "output".into(),
+                path: other.dest.clone(),
+            });
+        }
+        let dir = parent_folder(dest);
+        remove_stale_temporaries(dir);
+        let (temp, file) = create_temporary(dir)?;
+        self.staged.push(Staged {
+            temp,
+            dest: dest.to_path_buf(),
+            canonical: checked.canonical,
+        });
+        if let Some(mode) = checked.existing_mode {
+            set_mode(&file, mode).map_err(|e| Error::io(dest, e))?;
+        }
+        Ok(file)
+    }
+
+    /// Unstages `dest`, removing its temporary.
+    pub fn discard(&mut self, dest: &Path) {
+        let mut registry = in_flight();
+        self.staged.retain(|s| {
+            if s.dest == dest {
+                let _ = fs::remove_file(&s.temp);
+                unregister(&mut registry, &s.temp);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Takes over everything `other` staged.
+    pub fn append(&mut self, mut other: PendingFiles) {
+        self.staged.append(&mut other.staged);
     }
 
     /// Renames every staged file into place: all of them, or none (see the type docs).

@@ -1,5 +1,7 @@
 //! Consistency checks on `TensorProto` data, done before anything trusts a tensor's shape.
 
+use std::borrow::Cow;
+
 use super::dtype::{self, Storage};
 use super::pb::tensor_proto::{DataLocation, DataType};
 use super::pb::TensorProto;
@@ -116,30 +118,18 @@ pub fn to_f32(t: &TensorProto) -> Result<Vec<f32>, String> {
     let dt = data_type(t)?;
     let n = element_count(&t.dims)? as usize;
     check_inline_data(t)?;
-    let raw = t.raw_data.as_deref();
-    let values: Vec<f32> = match (dt, raw) {
-        (Float, Some(r)) => r
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+    let values: Vec<f32> = match (dt, t.raw_data.as_deref()) {
+        (_, Some(r)) => {
+            let mut values = Vec::with_capacity(n);
+            extend_f32(dt, r, &mut values)?;
+            values
+        }
         (Float, None) => t.float_data.clone(),
-        (Double, Some(r)) => r
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
         (Double, None) => t.double_data.iter().map(|&v| v as f32).collect(),
-        (Float16, Some(r)) => r
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
         (Float16, None) => t
             .int32_data
             .iter()
             .map(|&v| half::f16::from_bits(v as u16).to_f32())
-            .collect(),
-        (Bfloat16, Some(r)) => r
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         (Bfloat16, None) => t
             .int32_data
@@ -155,7 +145,88 @@ pub fn to_f32(t: &TensorProto) -> Result<Vec<f32>, String> {
             t.dims
         ));
     }
-    Ok(values[..n].to_vec())
+    // Truncate in place: a copy would double the peak for a large weight.
+    let mut values = values;
+    values.truncate(n);
+    Ok(values)
+}
+
+/// Appends the values of little-endian raw bytes of float type `dt` (float, double, float16,
+/// bfloat16) to `out` as `f32`; a trailing partial element is ignored. Raw data can be decoded
+/// piece by piece this way when the pieces hold whole elements.
+pub fn extend_f32(dt: DataType, raw: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+    use DataType::*;
+    match dt {
+        Float => out.extend(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Double => {
+            out.extend(raw.chunks_exact(8).map(|c| {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }))
+        }
+        Float16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Bfloat16 => out.extend(
+            raw.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        _ => return Err(format!("{} is not a float type", super::dtype::name(dt))),
+    }
+    Ok(())
+}
+
+/// An inline tensor's data as exactly the little-endian raw bytes its type and dims need,
+/// borrowed from `raw_data` when it is there; `None` for strings, 2-bit types, and data too
+/// short for the dims.
+pub fn raw_bytes(t: &TensorProto) -> Option<Cow<'_, [u8]>> {
+    let dt = data_type(t).ok()?;
+    let n = element_count(&t.dims).ok()?;
+    let need = usize::try_from(dtype::raw_len(dt, n)?).ok()?;
+    if let Some(raw) = &t.raw_data {
+        // Bytes past what the dims need are dropped: a reader checks `length` against the dims.
+        return (raw.len() >= need).then(|| Cow::Borrowed(&raw[..need]));
+    }
+    use DataType::*;
+    let bytes: Vec<u8> = match dt {
+        Float | Complex64 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Double | Complex128 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Int64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Uint64 => t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Uint32 => t
+            .uint64_data
+            .iter()
+            .flat_map(|&v| (v as u32).to_le_bytes())
+            .collect(),
+        Int32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Int16 | Uint16 | Float16 | Bfloat16 => t
+            .int32_data
+            .iter()
+            .flat_map(|&v| (v as u16).to_le_bytes())
+            .collect(),
+        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
+        | Float8e8m0 | Int4 | Uint4 | Float4e2m1 => t.int32_data.iter().map(|&v| v as u8).collect(),
+        // 2-bit types have no agreed typed-field packing to convert from.
+        Uint2 | Int2 | String | Undefined => return None,
+    };
+    (bytes.len() >= need).then(|| {
+        let mut bytes = bytes;
+        bytes.truncate(need);
+        Cow::Owned(bytes)
+    })
+}
+
+/// Removes every data field (raw and typed), before the tensor is pointed at external data.
+pub fn clear_data(t: &mut TensorProto) {
+    t.raw_data = None;
+    t.float_data.clear();
+    t.int32_data.clear();
+    t.int64_data.clear();
+    t.double_data.clear();
+    t.uint64_data.clear();
 }
 
 /// A tensor of `dt` holding `raw` little-endian bytes.

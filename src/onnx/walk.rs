@@ -122,3 +122,32 @@ pub fn node_label(node: &NodeProto) -> String {
         format!("{} node producing '{out}'", node.op_type())
     }
 }
+
+/// Whether `pred` holds for any tensor of the model (initializers, sparse initializers, node
+/// attributes, subgraphs and functions, like [`for_each_tensor_mut`]), without needing the model
+/// mutably or a copy of it.
+pub fn any_tensor(model: &ModelProto, pred: &mut dyn FnMut(&TensorProto) -> bool) -> bool {
+    model.graph.as_ref().is_some_and(|g| graph_any(g, pred))
+        || model.functions.iter().any(|f| nodes_any(&f.node, pred))
+}
+
+fn graph_any(g: &GraphProto, pred: &mut dyn FnMut(&TensorProto) -> bool) -> bool {
+    g.initializer.iter().any(&mut *pred)
+        || g.sparse_initializer.iter().any(|s| sparse_any(s, pred))
+        || nodes_any(&g.node, pred)
+}
+
+fn sparse_any(s: &SparseTensorProto, pred: &mut dyn FnMut(&TensorProto) -> bool) -> bool {
+    s.values.iter().chain(s.indices.iter()).any(&mut *pred)
+}
+
+fn nodes_any(nodes: &[NodeProto], pred: &mut dyn FnMut(&TensorProto) -> bool) -> bool {
+    nodes.iter().flat_map(|n| &n.attribute).any(|a| {
+        a.t.iter().chain(&a.tensors).any(&mut *pred)
+            || a.sparse_tensor
+                .iter()
+                .chain(&a.sparse_tensors)
+                .any(|s| sparse_any(s, pred))
+            || a.g.iter().chain(&a.graphs).any(|g| graph_any(g, pred))
+    })
+}

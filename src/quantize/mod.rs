@@ -293,7 +293,11 @@ fn default_opset(model: &ModelProto) -> i64 {
 /// activations, 10 for any quantization op), then runs the preparation passes. The opset (and
 /// with it the IR version) is raised first, so that preparation may turn Constant nodes and
 /// constant subgraphs into initializers, which IR 3 does not allow.
-fn upgrade_and_prepare(model: &ModelProto, config: &QuantizeConfig) -> Result<Prepared> {
+fn upgrade_and_prepare(
+    model: &ModelProto,
+    config: &QuantizeConfig,
+    lazy: bool,
+) -> Result<Prepared> {
     let mut prepared = model.clone();
     let opset_before = default_opset(&prepared);
     let mut plan_config = config.plan.clone();
@@ -349,7 +353,13 @@ fn upgrade_and_prepare(model: &ModelProto, config: &QuantizeConfig) -> Result<Pr
     } else {
         0
     };
-    let prep = prep::prepare(&mut prepared)?;
+    // Folding constants and BatchNorm reads every weight: a model left on disk is planned as
+    // it is (weight-only mode needs only the weights' shapes and types).
+    let prep = if lazy {
+        prep::PrepReport::default()
+    } else {
+        prep::prepare(&mut prepared)?
+    };
     Ok(Prepared {
         opset_after: default_opset(&prepared),
         model: prepared,
@@ -420,9 +430,83 @@ pub fn quantize(
     ranges: Option<Ranges>,
     config: &QuantizeConfig,
 ) -> Result<(ModelProto, QuantizeReport)> {
+    run(
+        model,
+        &rewrite::inline_values,
+        false,
+        model_name,
+        source,
+        ranges,
+        config,
+    )
+}
+
+/// [`quantize`] for a loaded [`Model`], which may have been loaded lazily
+/// ([`Model::load_lazy`]): weight-only mode then reads each weight from the model's
+/// external-data files when it quantizes it and never holds the float model in memory; the
+/// quantized model keeps references to the weights it did not change, for the writer to copy
+/// ([`Model::save`]). Preparation and the tract run need every weight in memory and are
+/// skipped for such a model (the summary says so); the other modes need it loaded eagerly.
+pub fn quantize_model(
+    model: &crate::onnx::Model,
+    source: Option<&DataSource>,
+    ranges: Option<Ranges>,
+    config: &QuantizeConfig,
+) -> Result<(ModelProto, QuantizeReport)> {
+    let lazy = model.has_external_refs();
+    if lazy && config.plan.mode != Mode::WeightOnly {
+        return Err(Error::Usage(format!(
+            "{}: the weights were left on disk, which only weight-only mode can work with",
+            model.display_path()
+        )));
+    }
+    run(
+        &model.proto,
+        &|t| model.tensor_f32(t),
+        lazy,
+        &model.display_path(),
+        source,
+        ranges,
+        config,
+    )
+}
+
+/// The encoded size of `model` plus the external data it refers to.
+fn stored_bytes(model: &ModelProto) -> u64 {
+    let external: u64 = model
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .filter(|t| crate::onnx::tensor::is_external(t))
+        .filter_map(|t| {
+            crate::onnx::external::parse_ref(t)
+                .ok()?
+                .length
+                .or_else(|| crate::onnx::tensor::expected_raw_len(t).ok().flatten())
+        })
+        .sum();
+    model.encoded_len() as u64 + external
+}
+
+fn run(
+    model: &ModelProto,
+    weights: rewrite::WeightReader,
+    lazy: bool,
+    model_name: &str,
+    source: Option<&DataSource>,
+    ranges: Option<Ranges>,
+    config: &QuantizeConfig,
+) -> Result<(ModelProto, QuantizeReport)> {
     let mut clock = Clock::start();
     let samples = Samples::split(source, config)?;
-    let prepared = upgrade_and_prepare(model, config)?;
+    if lazy && (config.accuracy.is_some() || samples.calibration.is_some()) {
+        return Err(Error::Usage(
+            "calibration data and accuracy bounds run the model in tract, which needs its \
+             weights in memory: load the model eagerly"
+                .into(),
+        ));
+    }
+    let prepared = upgrade_and_prepare(model, config, lazy)?;
     clock.lap("prepare");
     let calibration = calibrate_stage(&prepared.model, model_name, &samples, ranges, config)?;
     clock.lap("calibrate");
@@ -436,7 +520,7 @@ pub fn quantize(
     let build = |cfg: &PlanConfig| -> Result<ModelProto> {
         let plan = plan::plan(graph, cfg, &lookup);
         let mut quantized = prepared.model.clone();
-        rewrite::rewrite(&mut quantized, &plan)?;
+        rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
         Ok(quantized)
     };
     let mut plan_config = prepared.plan_config.clone();
@@ -453,16 +537,20 @@ pub fn quantize(
     }
     let plan = plan::plan(graph, &plan_config, &lookup);
     let mut quantized = prepared.model.clone();
-    let stats = rewrite::rewrite(&mut quantized, &plan)?;
+    let stats = rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
     keep_declared_value_info(&mut quantized, model);
     clock.lap("plan and rewrite");
-    let (execution_check, outputs) = validate_and_compare(
-        model,
-        &quantized,
-        &samples,
-        calibration.reference,
-        config.calibration.threads,
-    )?;
+    let (execution_check, outputs) = if lazy {
+        structure_only(&quantized)?
+    } else {
+        validate_and_compare(
+            model,
+            &quantized,
+            &samples,
+            calibration.reference,
+            config.calibration.threads,
+        )?
+    };
     clock.lap("validate and compare");
     let (quantized_ops, without_int8_kernel, float_nodes) = summarize_plan(graph, &plan);
     let report = QuantizeReport {
@@ -483,8 +571,8 @@ pub fn quantize(
         without_int8_kernel,
         float_nodes,
         rewrite: stats,
-        bytes_before: model.encoded_len() as u64,
-        bytes_after: quantized.encoded_len() as u64,
+        bytes_before: stored_bytes(model),
+        bytes_after: stored_bytes(&quantized),
         outputs,
         compared_samples: samples.compare.as_ref().map_or(0, DataSource::len),
         execution_check,
@@ -618,6 +706,25 @@ fn calibrate_stage(
         reference: Some(kept),
         hessians: None,
     })
+}
+
+/// The validation of a model whose weights stay on disk: the structure only, since a tract
+/// run would load every weight.
+fn structure_only(quantized: &ModelProto) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
+    let findings = validate::check_structure(quantized);
+    if validate::has_errors(&findings) {
+        let text: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+        return Err(Error::Model(format!(
+            "internal error: the quantized model is invalid:\n  {}",
+            text.join("\n  ")
+        )));
+    }
+    Ok((
+        "structure checked; not run in tract: the weights stay on disk (streamed one at a \
+         time), and a run would load them all"
+            .into(),
+        BTreeMap::new(),
+    ))
 }
 
 /// Validates the quantized model before anything is written (structure, then a run in tract

@@ -133,8 +133,26 @@ fn act_zero_point(name: &str, p: &ActParams) -> TensorProto {
     integer_tensor(name, p.ty, &[], std::iter::once(p.zero_point as i64))
 }
 
-/// Applies `plan` to the main graph of `model`.
+/// Reads a constant's float values: from the tensor itself, or, for a model loaded lazily,
+/// from its external-data file, one tensor at a time.
+pub type WeightReader<'a> = &'a (dyn Fn(&TensorProto) -> Result<Vec<f32>> + Sync);
+
+/// Values of an in-memory tensor.
+pub fn inline_values(t: &TensorProto) -> Result<Vec<f32>> {
+    tensor::to_f32(t).map_err(|e| Error::Model(format!("weight '{}': {e}", t.name())))
+}
+
+/// Applies `plan` to the main graph of `model` (whose tensors are all in memory).
 pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
+    rewrite_reading(model, plan, &inline_values)
+}
+
+/// Applies `plan`, reading weight-only mode's weights through `weights`.
+pub fn rewrite_reading(
+    model: &mut ModelProto,
+    plan: &Plan,
+    weights: WeightReader,
+) -> Result<RewriteStats> {
     let mut names = Names::of_model(model);
     let graph = model
         .graph
@@ -331,7 +349,7 @@ pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
     stats.weights += dynamic.weights.len();
     stats.dynamic_kernels = std::mem::take(&mut dynamic.kernels);
     stats.weight_errors = std::mem::take(&mut dynamic.weights);
-    let mut weight_only = weight_only::rewrite(&index, plan, &mut names)?;
+    let mut weight_only = weight_only::rewrite(&index, plan, &mut names, weights)?;
     new_inits.append(&mut weight_only.initializers);
     stats.weights += weight_only.weights.len();
     stats.weight_errors.append(&mut weight_only.weights);
