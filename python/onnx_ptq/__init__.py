@@ -265,6 +265,12 @@ def quantize(
     held_out: Optional[int] = None,
     allow_int16: bool = False,
     reduce_range: bool = False,
+    bits: int = 4,
+    table_bits: int = 8,
+    block: Union[int, str] = 32,
+    asymmetric: bool = False,
+    algorithm: Optional[str] = None,
+    form: str = "onnxruntime",
     external_data: bool = False,
     threads: Optional[int] = None,
     show_progress: bool = True,
@@ -276,8 +282,10 @@ def quantize(
     Keyword arguments are the CLI's flags (``per_channel=False`` is ``--per-tensor``,
     ``bound_outputs`` is ``--bound-output``, ``overrides`` the overrides file's dict or path);
     ``data_options`` are ``data_kind``, ``samples``, ``preset``, ``size`` ("WxH" or (w, h)),
-    ``resize``, ``channels``, ``scale``, ``mean``, ``std``, ``layout``. ``mode="dynamic"`` needs
-    no data. ``external_data=True`` moves tensors of 1 KiB and more to ``OUTPUT.data`` (ONNX
+    ``resize``, ``channels``, ``scale``, ``mean``, ``std``, ``layout``. ``mode="dynamic"`` and
+    ``mode="weight-only"`` need no data; ``bits``, ``table_bits``, ``block`` (or
+    "per-channel"), ``asymmetric``, ``algorithm`` ("gptq", "clip", "rtn") and ``form``
+    ("onnxruntime", "standard") are weight-only mode's. ``external_data=True`` moves tensors of 1 KiB and more to ``OUTPUT.data`` (ONNX
     Runtime's ``use_external_data_format``). With a bound that cannot be met, the best model is still written and
     ``report["accuracy"]["met"]`` is False (the CLI's exit code 1).
     """
@@ -286,6 +294,14 @@ def quantize(
             overrides = json.load(f)
     options: dict[str, Any] = {
         "mode": mode,
+        "weight_only": {
+            "bits": int(bits),
+            "table_bits": int(table_bits),
+            "block": block,
+            "asymmetric": bool(asymmetric),
+            "algorithm": algorithm,
+            "form": form,
+        },
         "reduce_range": bool(reduce_range),
         "calibration": _calibration_options(
             method, percentile, bins, activations, threads, show_progress

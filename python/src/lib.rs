@@ -20,13 +20,16 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde::Deserialize;
 
+use onnx_ptq::calibrate::data::SAMPLE_EXTENSIONS;
 use onnx_ptq::calibrate::observer::DEFAULT_BINS;
 use onnx_ptq::calibrate::{
     CalibrationConfig, Calibrator, DataSource, ImagePreprocess, InputSpec, QuantTarget,
     RangeMethod, Ranges,
 };
 use onnx_ptq::compare::{compare_models, Bounds, CompareConfig};
-use onnx_ptq::onnx::{decode_model, Model, SaveOptions};
+use onnx_ptq::onnx::{decode_model, external_data_path, Model, OutputPlan, SaveOptions};
+use onnx_ptq::quantize::blockwise::Algorithm;
+use onnx_ptq::quantize::plan::{WeightForm, WeightOnlyConfig};
 use onnx_ptq::quantize::{
     AccuracyConfig, ActType, Mode, PlanConfig, QuantizeConfig, TensorOverride,
 };
@@ -40,7 +43,8 @@ create_exception!(
      that cannot be quantized...), with the library's message."
 );
 
-/// Why a call failed: a setting that makes no sense (`ValueError`) or the library's error.
+/// Why a call failed: a setting that makes no sense (`ValueError`) or the library's error
+/// (`QuantizationError`, except the refusals of settings and destinations, `ValueError`).
 enum Failure {
     Arg(String),
     Lib(onnx_ptq::Error),
@@ -54,8 +58,16 @@ impl From<onnx_ptq::Error> for Failure {
 
 impl From<Failure> for PyErr {
     fn from(f: Failure) -> PyErr {
+        use onnx_ptq::Error as E;
         match f {
-            Failure::Arg(m) | Failure::Lib(onnx_ptq::Error::Usage(m)) => PyValueError::new_err(m),
+            Failure::Arg(m) | Failure::Lib(E::Usage(m)) => PyValueError::new_err(m),
+            Failure::Lib(
+                e @ (E::DestinationIsInput { .. }
+                | E::SameDestination { .. }
+                | E::DestinationNotRegular { .. }
+                | E::DestinationReadOnly { .. }
+                | E::DestinationFolder { .. }),
+            ) => PyValueError::new_err(e.to_string()),
             Failure::Lib(e) => QuantizationError::new_err(e.to_string()),
         }
     }
@@ -89,6 +101,13 @@ enum ModelArg {
 const IN_MEMORY: &str = "<in-memory model>";
 
 impl ModelArg {
+    /// Adds the model to `plan` as an input (a path only: bytes are no file).
+    fn plan_input(&self, plan: &mut OutputPlan, what: &str) {
+        if let ModelArg::Path(p) = self {
+            plan.input(what, p);
+        }
+    }
+
     fn extract(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<ModelArg> {
         if let Ok(bytes) = obj.cast::<PyBytes>() {
             return Ok(ModelArg::Bytes(bytes.as_bytes().to_vec()));
@@ -102,13 +121,6 @@ impl ModelArg {
                     .unwrap_or_default()
             ))
         })
-    }
-
-    fn path(&self) -> Option<&Path> {
-        match self {
-            ModelArg::Path(p) => Some(p),
-            ModelArg::Bytes(_) => None,
-        }
     }
 
     /// Loads the model; also returns the name the CLI would label it with.
@@ -125,17 +137,16 @@ impl ModelArg {
     }
 }
 
-/// Refuses to write `output` over `input` (as the CLI does before any work).
-fn refuse_same_file(output: &Path, input: Option<&Path>) -> Result<()> {
-    if let Some(input) = input {
-        if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
-            ensure(
-                a != b,
-                &format!("refusing to overwrite the input file {}", input.display()),
-            )?;
-        }
-    }
-    Ok(())
+/// The CLI's check of a run's destinations against its inputs and each other, before any
+/// work (the CLI also installs a handler that deletes temporaries on SIGINT: not here, where
+/// Ctrl-C is Python's KeyboardInterrupt and nothing is written after it).
+fn check_plan(plan: &OutputPlan) -> Result<()> {
+    Ok(plan.check()?)
+}
+
+/// After loading: the model's external-data files are inputs too.
+fn check_external(plan: &mut OutputPlan, what: &str, model: &Model) -> Result<()> {
+    check_plan(plan.inputs(what, &model.external_files))
 }
 
 /// Runs `job` on a worker thread; the caller waits with the GIL released and raises
@@ -353,6 +364,105 @@ impl BoundOptions {
     }
 }
 
+/// Weight-only mode's flags: `--bits`, `--table-bits`, `--block`, `--asymmetric`,
+/// `--algorithm`, `--form`.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct WeightOnlyOptions {
+    bits: u8,
+    table_bits: u8,
+    /// A power of two from 16 to 256, or "per-channel".
+    block: serde_json::Value,
+    asymmetric: bool,
+    algorithm: Option<String>,
+    form: String,
+}
+
+impl Default for WeightOnlyOptions {
+    fn default() -> Self {
+        WeightOnlyOptions {
+            bits: 4,
+            table_bits: 8,
+            block: serde_json::json!(32),
+            asymmetric: false,
+            algorithm: None,
+            form: "onnxruntime".into(),
+        }
+    }
+}
+
+impl WeightOnlyOptions {
+    /// The library settings, refusing what the CLI refuses.
+    fn config(&self, mode: Mode, has_data: bool) -> Result<WeightOnlyConfig> {
+        for (name, bits) in [("bits", self.bits), ("table_bits", self.table_bits)] {
+            ensure(
+                bits == 4 || bits == 8,
+                &format!("{name}: 4 or 8, got {bits}"),
+            )?;
+        }
+        let block = match &self.block {
+            serde_json::Value::String(s) if s == "per-channel" => None,
+            v => match v.as_u64() {
+                Some(b) if (16..=256).contains(&b) && b.is_power_of_two() => Some(b as usize),
+                _ => {
+                    return Err(Failure::Arg(format!(
+                        "block: {v} is not a block size: a power of two from 16 to 256, or \
+                         \"per-channel\""
+                    )))
+                }
+            },
+        };
+        let defaults = WeightOnlyConfig::default();
+        let changed = self.bits != defaults.bits
+            || self.table_bits != defaults.table_bits
+            || block != Some(32)
+            || self.asymmetric
+            || self.algorithm.is_some()
+            || self.form != "onnxruntime";
+        ensure(
+            mode == Mode::WeightOnly || !changed,
+            "bits, table_bits, block, asymmetric, algorithm and form apply to mode=\"weight-only\"",
+        )?;
+        ensure(
+            block.is_some() || self.bits == 8,
+            "block=\"per-channel\" needs bits=8: 4-bit weights need blocks to stay accurate",
+        )?;
+        let algorithm = match (self.algorithm.as_deref(), has_data) {
+            (Some("rtn"), _) => Algorithm::Rtn,
+            (Some("clip"), _) | (None, false) => Algorithm::Clip,
+            (Some("gptq"), false) => {
+                return Err(Failure::Arg(
+                    "algorithm=\"gptq\" needs calibration data".into(),
+                ))
+            }
+            (Some("gptq"), true) | (None, true) => Algorithm::Gptq,
+            (Some(other), _) => {
+                return Err(Failure::Arg(format!(
+                    "algorithm must be gptq, clip or rtn, got '{other}'"
+                )))
+            }
+        };
+        let form = match self.form.as_str() {
+            "onnxruntime" => WeightForm::OnnxRuntime,
+            "standard" => WeightForm::Standard,
+            other => {
+                return Err(Failure::Arg(format!(
+                    "form must be onnxruntime or standard, got '{other}'"
+                )))
+            }
+        };
+        Ok(WeightOnlyConfig {
+            bits: self.bits,
+            table_bits: self.table_bits,
+            block,
+            symmetric: !self.asymmetric,
+            algorithm,
+            form,
+            ..defaults
+        })
+    }
+}
+
 /// `onnx-ptq quantize`'s flags, plus `only_nodes`/`only_op_types` (ONNX Runtime's
 /// `nodes_to_quantize`/`op_types_to_quantize`, turned into exclusions against the model) and
 /// `external_data` (`use_external_data_format`).
@@ -360,6 +470,7 @@ impl BoundOptions {
 #[serde(default, deny_unknown_fields)]
 struct QuantizeOptions {
     mode: String,
+    weight_only: WeightOnlyOptions,
     reduce_range: bool,
     calibration: CalibOptions,
     data: DataOptions,
@@ -381,6 +492,7 @@ impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
             mode: "static".into(),
+            weight_only: WeightOnlyOptions::default(),
             reduce_range: false,
             calibration: CalibOptions::default(),
             data: DataOptions::default(),
@@ -443,18 +555,32 @@ fn quantize(
 ) -> PyResult<String> {
     let model = ModelArg::extract("model", model)?;
     let o: QuantizeOptions = from_json("quantize options", options)?;
+    let mut plan = OutputPlan::new();
+    model.plan_input(&mut plan, "the input model");
+    if let Some(d) = &data {
+        plan.data_input("the calibration data", d, SAMPLE_EXTENSIONS);
+    }
+    if let Some(r) = &o.ranges {
+        plan.input("the ranges file", r);
+    }
+    plan.output("output", &output);
+    if let Some(side) = external_data_path(&output) {
+        plan.conditional_output("the external-data file of output", &side);
+    }
+    check_plan(&plan)?;
     let calibration = o.calibration.config()?;
     let bounds = o.bounds.bounds()?;
-    refuse_same_file(&output, model.path())?;
     let mode = match o.mode.as_str() {
         "static" => Mode::Static,
         "dynamic" => Mode::Dynamic,
+        "weight-only" => Mode::WeightOnly,
         other => {
             return Err(PyValueError::new_err(format!(
-                "mode must be 'static' or 'dynamic', got '{other}'"
+                "mode must be 'static', 'dynamic' or 'weight-only', got '{other}'"
             )))
         }
     };
+    let weight_only = o.weight_only.config(mode, data.is_some())?;
     let checks = [
         (
             mode == Mode::Dynamic || !o.reduce_range,
@@ -484,6 +610,11 @@ fn quantize(
     };
     let (model, report) = interruptible(py, move || {
         let (loaded, name) = model.load()?;
+        check_external(
+            &mut plan,
+            "an external-data file of the input model",
+            &loaded,
+        )?;
         let inputs = InputSpec::of_model(&loaded.proto)?;
         let source = data
             .as_deref()
@@ -503,7 +634,7 @@ fn quantize(
             plan: PlanConfig {
                 mode,
                 reduce_range: o.reduce_range,
-                weight_only: Default::default(),
+                weight_only,
                 activations: o.calibration.act_type(),
                 per_channel: o.per_channel,
                 exclude_nodes,
@@ -547,12 +678,21 @@ fn calibrate(
     }
     let model = ModelArg::extract("model", model)?;
     let o: CalibrateOptions = from_json("calibrate options", options)?;
-    let config = o.calibration.config()?;
+    let mut plan = OutputPlan::new();
+    model.plan_input(&mut plan, "the input model");
+    plan.data_input("the calibration data", &data, SAMPLE_EXTENSIONS);
     if let Some(out) = &output {
-        refuse_same_file(out, model.path())?;
+        plan.output("output", out);
     }
+    check_plan(&plan)?;
+    let config = o.calibration.config()?;
     let ranges = interruptible(py, move || {
         let (loaded, name) = model.load()?;
+        check_external(
+            &mut plan,
+            "an external-data file of the input model",
+            &loaded,
+        )?;
         let calibrator = Calibrator::new(&loaded.proto, &name)?;
         let source = o.data.open(&data, calibrator.inputs())?;
         Ok(calibrator.calibrate(&source, &config)?)

@@ -82,6 +82,25 @@ def test_dynamic_mode_needs_no_data(tmp_path):
     assert onnx.load(str(tmp_path / "q.onnx")).graph.node
 
 
+@pytest.mark.parametrize(
+    "kwargs, flags",
+    [
+        ({}, []),
+        ({"bits": 8, "block": "per-channel", "form": "standard", "algorithm": "rtn"},
+         ["--bits", "8", "--block", "per-channel", "--form", "standard", "--algorithm", "rtn"]),
+    ],
+)
+def test_weight_only_mode_matches_the_cli(kwargs, flags, cli, tmp_path):
+    model = FIXTURES / "transformer_block.onnx"
+    by_cli = tmp_path / "cli.onnx"
+    run_cli(cli, "quantize", model, "--mode", "weight-only", *flags, "-o", by_cli, "-q")
+    by_python = tmp_path / "python.onnx"
+    report = onnx_ptq.quantize(model, by_python, mode="weight-only", show_progress=False,
+                               **kwargs)
+    assert report["mode"] == "weight_only"  # the report's spelling
+    assert by_python.read_bytes() == by_cli.read_bytes()
+
+
 def test_inspect_and_validate(cnn_int8):
     summary = onnx_ptq.inspect(CNN)
     assert summary["inputs"][0]["name"] == "x"
@@ -110,8 +129,10 @@ def test_argument_errors_are_value_errors(tmp_path):
         onnx_ptq.quantize(CNN, out, CNN_CALIB, method="median")
     with pytest.raises(ValueError, match="min_cosine"):
         onnx_ptq.quantize(CNN, out, CNN_CALIB, min_cosine=2)
-    with pytest.raises(ValueError, match="refusing to overwrite"):
+    with pytest.raises(ValueError, match="is the input model"):
         onnx_ptq.quantize(CNN, CNN, CNN_CALIB)
+    with pytest.raises(ValueError, match="weight-only"):
+        onnx_ptq.quantize(CNN, out, CNN_CALIB, bits=8)
     with pytest.raises(ValueError, match="no sample"):
         onnx_ptq.quantize(CNN, out, [])
     with pytest.raises(ValueError, match="not a dict"):
