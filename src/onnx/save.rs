@@ -211,32 +211,9 @@ impl PendingFiles {
 
     /// Stages `bytes` for `dest`.
     pub fn add(&mut self, dest: &Path, bytes: &[u8]) -> Result<()> {
-        let checked = check_destination("output", dest)?;
-        if let Some(other) = self
-            .staged
-            .iter()
-            .find(|s| s.canonical == checked.canonical)
-        {
-            return Err(Error::SameDestination {
-                first: "output".into(),
-                second: "output".into(),
-                path: other.dest.clone(),
-            });
-        }
-        let dir = parent_folder(dest);
-        remove_stale_temporaries(dir);
-        let (temp, mut file) = create_temporary(dir)?;
-        self.staged.push(Staged {
-            temp,
-            dest: dest.to_path_buf(),
-            canonical: checked.canonical,
-        });
+        let mut file = self.add_streamed(dest)?;
         file.write_all(bytes).map_err(|e| Error::io(dest, e))?;
-        if let Some(mode) = checked.existing_mode {
-            set_mode(&file, mode).map_err(|e| Error::io(dest, e))?;
-        }
-        file.sync_all().map_err(|e| Error::io(dest, e))?;
-        Ok(())
+        file.sync_all().map_err(|e| Error::io(dest, e))
     }
 
     /// Stages an empty temporary for `dest` and hands out the open file, for data written a

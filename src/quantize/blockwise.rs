@@ -105,11 +105,7 @@ impl BlockQuantized {
                 noise += d * d;
             }
         }
-        if noise == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (signal / noise).log10()
-        }
+        super::params::sqnr_from_powers(signal, noise)
     }
 }
 

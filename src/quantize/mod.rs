@@ -708,9 +708,8 @@ fn calibrate_stage(
     })
 }
 
-/// The validation of a model whose weights stay on disk: the structure only, since a tract
-/// run would load every weight.
-fn structure_only(quantized: &ModelProto) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
+/// The structural half of the validation: a quantized model that fails it is our bug.
+fn check_structure(quantized: &ModelProto) -> Result<()> {
     let findings = validate::check_structure(quantized);
     if validate::has_errors(&findings) {
         let text: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
@@ -719,6 +718,13 @@ fn structure_only(quantized: &ModelProto) -> Result<(String, BTreeMap<String, Er
             text.join("\n  ")
         )));
     }
+    Ok(())
+}
+
+/// The validation of a model whose weights stay on disk: the structure only, since a tract
+/// run would load every weight.
+fn structure_only(quantized: &ModelProto) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
+    check_structure(quantized)?;
     Ok((
         "structure checked; not run in tract: the weights stay on disk (streamed one at a \
          time), and a run would load them all"
@@ -737,14 +743,7 @@ fn validate_and_compare(
     reference: Option<Vec<Vec<tract_onnx::prelude::Tensor>>>,
     threads: usize,
 ) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
-    let findings = validate::check_structure(quantized);
-    if validate::has_errors(&findings) {
-        let text: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
-        return Err(Error::Model(format!(
-            "internal error: the quantized model is invalid:\n  {}",
-            text.join("\n  ")
-        )));
-    }
+    check_structure(quantized)?;
     let Some(compare) = &samples.compare else {
         let sample =
             crate::calibrate::Sample::zeros(&crate::calibrate::InputSpec::of_model(quantized)?)?;

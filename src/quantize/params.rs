@@ -192,6 +192,11 @@ pub fn weight_sqnr_db(values: &[f32], q: &QuantizedWeight, dims: &[i64]) -> f64 
             noise += d * d;
         }
     });
+    sqnr_from_powers(signal, noise)
+}
+
+/// `10·log10(signal / noise)`, infinite when there is no noise.
+pub fn sqnr_from_powers(signal: f64, noise: f64) -> f64 {
     if noise == 0.0 {
         f64::INFINITY
     } else {

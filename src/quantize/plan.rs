@@ -316,14 +316,9 @@ fn constant_range(index: &GraphIndex, name: &str) -> Option<(f32, f32)> {
     (lo <= hi).then_some((lo, hi))
 }
 
-fn decide(
-    index: &GraphIndex,
-    node: &NodeProto,
-    n: usize,
-    config: &PlanConfig,
-    range: &dyn Fn(&str) -> Option<(f32, f32)>,
-    so_far: &Plan,
-) -> Result<Decision, FloatReason> {
+/// What every mode leaves float before looking at the op: other domains, what the user
+/// excluded, and what the accuracy search returned to float.
+fn user_choices(node: &NodeProto, n: usize, config: &PlanConfig) -> Result<(), FloatReason> {
     if !matches!(node.domain(), "" | "ai.onnx") {
         return Err(FloatReason::OtherDomain(node.domain().to_string()));
     }
@@ -335,6 +330,18 @@ fn decide(
     if config.fallback.nodes.contains(&n) {
         return Err(FloatReason::AccuracyFallback);
     }
+    Ok(())
+}
+
+fn decide(
+    index: &GraphIndex,
+    node: &NodeProto,
+    n: usize,
+    config: &PlanConfig,
+    range: &dyn Fn(&str) -> Option<(f32, f32)>,
+    so_far: &Plan,
+) -> Result<Decision, FloatReason> {
+    user_choices(node, n, config)?;
     let kept_float = |t: &str| {
         config.fallback.tensors.contains(t) || config.overrides.get(t).is_some_and(|o| o.keep_float)
     };

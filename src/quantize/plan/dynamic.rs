@@ -114,17 +114,7 @@ fn decide(
     n: usize,
     config: &PlanConfig,
 ) -> Result<DynamicUse, FloatReason> {
-    if !matches!(node.domain(), "" | "ai.onnx") {
-        return Err(FloatReason::OtherDomain(node.domain().to_string()));
-    }
-    if config.exclude_nodes.contains(node.name())
-        || config.exclude_op_types.contains(node.op_type())
-    {
-        return Err(FloatReason::Excluded);
-    }
-    if config.fallback.nodes.contains(&n) {
-        return Err(FloatReason::AccuracyFallback);
-    }
+    super::user_choices(node, n, config)?;
     let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty());
     let format = WeightFormat {
         per_channel: config.per_channel,

@@ -168,17 +168,7 @@ fn decide(
     n: usize,
     config: &PlanConfig,
 ) -> Result<WeightOnlyUse, FloatReason> {
-    if !matches!(node.domain(), "" | "ai.onnx") {
-        return Err(FloatReason::OtherDomain(node.domain().to_string()));
-    }
-    if config.exclude_nodes.contains(node.name())
-        || config.exclude_op_types.contains(node.op_type())
-    {
-        return Err(FloatReason::Excluded);
-    }
-    if config.fallback.nodes.contains(&n) {
-        return Err(FloatReason::AccuracyFallback);
-    }
+    super::user_choices(node, n, config)?;
     let w = &config.weight_only;
     let eight = w.eight_bit_nodes.contains(&n);
     let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty());

@@ -359,11 +359,7 @@ fn quantized_table(
     out.weights.push(WeightError {
         tensor: table.to_string(),
         format: "uint8 per-tensor table".into(),
-        sqnr_db: if noise == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (signal / noise).log10()
-        },
+        sqnr_db: crate::quantize::params::sqnr_from_powers(signal, noise),
     });
     let q_name = names.fresh(&format!("{table}{QUANTIZED}"));
     let s_name = names.fresh(&format!("{table}{SCALE}"));
