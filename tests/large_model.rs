@@ -55,6 +55,16 @@ fn ort_same(a: &Path, b: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(common::python_ok("ort_same.py", &all).trim()).unwrap()
 }
 
+/// A field of `/usr/bin/time -v`'s report in `stderr`.
+fn time_field(stderr: &str, label: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no '{label}' in /usr/bin/time's output:\n{stderr}"))
+        .trim()
+        .to_string()
+}
+
 fn file_name_of(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
@@ -553,14 +563,7 @@ fn a_decoder_over_2_gib_copies_in_half_its_size_of_memory() {
         "the copy failed:\n{}\n{stderr}",
         String::from_utf8_lossy(&child.stdout)
     );
-    let field = |label: &str| {
-        stderr
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .unwrap_or_else(|| panic!("no '{label}' in /usr/bin/time's output:\n{stderr}"))
-            .trim()
-            .to_string()
-    };
+    let field = |label: &str| time_field(&stderr, label);
     let peak_kib: u64 = field("Maximum resident set size (kbytes):")
         .parse()
         .unwrap();
@@ -610,14 +613,7 @@ fn a_decoder_over_2_gib_copies_in_half_its_size_of_memory() {
         "quantize failed:\n{}\n{stderr}",
         String::from_utf8_lossy(&run.stdout)
     );
-    let field = |label: &str| {
-        stderr
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .unwrap_or_else(|| panic!("no '{label}' in /usr/bin/time's output:\n{stderr}"))
-            .trim()
-            .to_string()
-    };
+    let field = |label: &str| time_field(&stderr, label);
     let peak_kib: u64 = field("Maximum resident set size (kbytes):")
         .parse()
         .unwrap();

@@ -25,28 +25,7 @@ fn s(p: &Path) -> &str {
 
 /// `quantize --mode dynamic` with `extra` arguments; the report on success.
 fn quantize_dynamic(float: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let report = out.with_extension("report.json");
-    let r = bin()
-        .args([
-            "quantize",
-            s(float),
-            "--mode",
-            "dynamic",
-            "-q",
-            "-o",
-            s(out),
-        ])
-        .args(["--report", s(&report)])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        r.status.success(),
-        "{}: quantize --mode dynamic failed:\n{}",
-        float.display(),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    common::quantize_mode(float, "dynamic", out, extra)
 }
 
 /// ONNX Runtime's `quantize_dynamic` (defaults) of `float`.

@@ -17,28 +17,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn quantize(float: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let report = out.with_extension("report.json");
-    let r = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
-        .args([
-            "quantize",
-            s(float),
-            "--mode",
-            "weight-only",
-            "-q",
-            "-o",
-            s(out),
-        ])
-        .args(["--report", s(&report)])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        r.status.success(),
-        "{} {extra:?}: quantize failed:\n{}",
-        float.display(),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    common::quantize_mode(float, "weight-only", out, extra)
 }
 
 /// onnx-ptq's own dequantization of the one weight of `model` (the library's float

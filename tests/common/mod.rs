@@ -160,6 +160,29 @@ pub fn quantize_with(model: &Path, calib: &Path, out: &Path, extra: &[&str]) -> 
     serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
 }
 
+/// `quantize MODEL --mode MODE -o OUT` (plus `extra`), no calibration data needed; returns the
+/// report.
+pub fn quantize_mode(model: &Path, mode: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let report = out.with_extension("report.json");
+    let r = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
+        .arg("quantize")
+        .arg(model)
+        .args(["--mode", mode, "-q", "-o"])
+        .arg(out)
+        .arg("--report")
+        .arg(&report)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "{} --mode {mode} {extra:?}: quantize failed:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
 /// Quantizes with the CLI; returns the report.
 pub fn quantize(model: &Path, calib: &Path, out: &Path) -> serde_json::Value {
     quantize_with(model, calib, out, &[])

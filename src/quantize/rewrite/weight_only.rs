@@ -50,6 +50,21 @@ fn ms_node(op: &str, name: String, inputs: Vec<String>, output: String) -> NodeP
     }
 }
 
+/// A blocked `DequantizeLinear` of `(levels, scales[, zero points])` along `axis`.
+fn blocked_dq(
+    name: String,
+    (q, s, z): Written,
+    output: String,
+    axis: i64,
+    block: usize,
+) -> NodeProto {
+    let mut inputs = vec![q, s];
+    inputs.extend(z);
+    let mut dq = node("DequantizeLinear", name, inputs, output);
+    dq.attribute = vec![attr_int("axis", axis), attr_int("block_size", block as i64)];
+    dq
+}
+
 /// The integer element type of `bits`-bit levels, signed when symmetric.
 fn level_type(bits: u8, signed: bool) -> DataType {
     match (bits, signed) {
@@ -147,17 +162,13 @@ pub(super) fn rewrite(
                     }
                     WeightForm::Standard => {
                         let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
-                        let mut inputs = vec![q, s];
-                        inputs.extend(z);
-                        let mut dq = node(
-                            "DequantizeLinear",
+                        nodes.push(blocked_dq(
                             names.fresh(&format!("{base}_DequantizeWeight")),
-                            inputs,
+                            (q, s, z),
                             dq_out.clone(),
-                        );
-                        dq.attribute =
-                            vec![attr_int("axis", 0), attr_int("block_size", block as i64)];
-                        nodes.push(dq);
+                            0,
+                            block,
+                        ));
                         nodes.push(node(
                             "MatMul",
                             names.fresh(&format!("{base}_MatMul")),
@@ -240,17 +251,13 @@ pub(super) fn rewrite(
                         // Gather cannot read 4-bit data: the table is dequantized, then
                         // gathered.
                         let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
-                        let mut inputs = vec![q, s];
-                        inputs.extend(z);
-                        let mut dq = node(
-                            "DequantizeLinear",
+                        nodes.push(blocked_dq(
                             names.fresh(&format!("{base}_DequantizeTable")),
-                            inputs,
+                            (q, s, z),
                             dq_out.clone(),
-                        );
-                        dq.attribute =
-                            vec![attr_int("axis", 1), attr_int("block_size", block as i64)];
-                        nodes.push(dq);
+                            1,
+                            block,
+                        ));
                         nodes.push(NodeProto {
                             input: vec![dq_out, ids],
                             ..original.clone()
