@@ -370,9 +370,13 @@ def compare(
     min_cosine: Optional[float] = None,
     max_top1_drop: Optional[float] = None,
     bound_outputs: Iterable[str] = (),
+    html: Optional[Union[str, os.PathLike]] = None,
     **data_options: Any,
 ) -> dict[str, Any]:
     """``onnx-ptq compare FLOAT INT8 --data DATA``: runs both models in tract on every sample.
+
+    With ``html``, also writes the self-contained page of ``--html`` there (per-layer SQNR
+    chart in graph order, histograms of the worst layers; implies ``per_layer``).
 
     Returns the JSON of ``--json``: ``report["outputs"]`` has the metrics of every output (max
     and mean absolute error, relative error, MSE, SQNR, cosine, top-1/top-5 for class scores),
@@ -390,7 +394,9 @@ def compare(
     with _data_path(data) as path:
         if path is None:
             raise ValueError("compare needs data")
-        result = _native.compare(a, b, path, json.dumps(options))
+        result = _native.compare(
+            a, b, path, None if html is None else os.fspath(html), json.dumps(options)
+        )
     return _loads(result)
 
 

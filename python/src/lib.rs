@@ -705,14 +705,16 @@ fn calibrate(
     Ok(to_json(&ranges)?)
 }
 
-/// Compares a float model with its quantized version on `data`: the JSON of `compare --json`.
+/// Compares a float model with its quantized version on `data`: the JSON of `compare --json`;
+/// with `html`, also writes the page of `compare --html` there.
 #[pyfunction]
-#[pyo3(signature = (float_model, int8_model, data, options))]
+#[pyo3(signature = (float_model, int8_model, data, html, options))]
 fn compare(
     py: Python<'_>,
     float_model: &Bound<'_, PyAny>,
     int8_model: &Bound<'_, PyAny>,
     data: PathBuf,
+    html: Option<PathBuf>,
     options: &str,
 ) -> PyResult<String> {
     #[derive(Deserialize)]
@@ -736,6 +738,14 @@ fn compare(
     let float_model = ModelArg::extract("float_model", float_model)?;
     let int8_model = ModelArg::extract("int8_model", int8_model)?;
     let o: CompareOptions = from_json("compare options", options)?;
+    let mut plan = OutputPlan::new();
+    float_model.plan_input(&mut plan, "the float model");
+    int8_model.plan_input(&mut plan, "the int8 model");
+    plan.data_input("the data", &data, SAMPLE_EXTENSIONS);
+    if let Some(out) = &html {
+        plan.output("html", out);
+    }
+    check_plan(&plan)?;
     let bounds = o.bounds.bounds()?;
     let json = interruptible(py, move || {
         let (a, float_name) = float_model.load()?;
@@ -746,10 +756,23 @@ fn compare(
             &b.proto,
             &source,
             &CompareConfig {
-                per_layer: o.per_layer,
+                per_layer: o.per_layer || html.is_some(),
                 latency_runs: o.latency_runs,
+                histograms: if html.is_some() { 6 } else { 0 },
             },
         )?;
+        if let Some(out) = &html {
+            let context = onnx_ptq::compare::html::HtmlContext {
+                title: format!("onnx-ptq compare: {int8_name}"),
+                facts: vec![
+                    ("float model".into(), float_name.clone()),
+                    ("quantized model".into(), int8_name.clone()),
+                    ("data".into(), data.display().to_string()),
+                ],
+            };
+            let page = onnx_ptq::compare::html::render(&report, &context);
+            onnx_ptq::onnx::write_atomic(out, page.as_bytes())?;
+        }
         let violations = if bounds.is_empty() {
             Vec::new()
         } else {

@@ -65,6 +65,23 @@ def test_compare_returns_metrics_per_output_and_per_layer(cnn_int8):
     assert "sqnr_db" in strict["violation_messages"][0]
 
 
+def test_compare_writes_the_html_page_of_the_cli(tmp_path, cnn_int8):
+    page = tmp_path / "report.html"
+    result = onnx_ptq.compare(CNN, cnn_int8, CNN_CALIB, latency_runs=0, html=page)
+    text = page.read_text()
+    layers = result["report"]["layers"]
+    assert layers, "html implies per_layer"
+    assert text.count("<title>") - 1 == len(layers), "one bar (with its tooltip) per layer"
+    for layer in layers:
+        assert layer["tensor"] in text
+    assert "default-src 'none'" in text
+    # The page is an output: it may not replace an input.
+    before = open(cnn_int8, "rb").read()
+    with pytest.raises(ValueError, match="html"):
+        onnx_ptq.compare(CNN, cnn_int8, CNN_CALIB, latency_runs=0, html=cnn_int8)
+    assert open(cnn_int8, "rb").read() == before
+
+
 def test_calibrate_writes_the_ranges_quantize_reads(tmp_path, cnn_int8):
     ranges = onnx_ptq.calibrate(CNN, CNN_CALIB, tmp_path / "ranges.json", show_progress=False)
     assert ranges["samples"] == 8 and ranges["tensors"]

@@ -13,10 +13,14 @@ use clap::{Parser, Subcommand};
 use args::{BoundArgs, CalibArgs, DataArgs};
 use onnx_ptq::calibrate::data::SAMPLE_EXTENSIONS;
 use onnx_ptq::calibrate::{Calibrator, InputSpec, Ranges};
+use onnx_ptq::compare::html::{self, HtmlContext};
 use onnx_ptq::compare::{compare_models, CompareConfig};
 use onnx_ptq::onnx::{external_data_path, Model, OutputPlan, PendingFiles, SaveOptions};
 use onnx_ptq::quantize::{AccuracyConfig, Mode, PlanConfig, QuantizeConfig, TensorOverride};
 use onnx_ptq::validate::{self, ExecOptions};
+
+/// Worst layers whose values the HTML report draws as histograms.
+const HTML_HISTOGRAMS: usize = 6;
 
 /// Post-training int8 quantization of ONNX models.
 #[derive(Parser, Debug)]
@@ -80,6 +84,10 @@ pub enum Command {
         /// Also write the summary as JSON.
         #[arg(long, value_name = "JSON")]
         report: Option<PathBuf>,
+        /// Also write an HTML page comparing the float and the written model on the
+        /// --compare-samples first samples (as `compare --html`; needs --calib).
+        #[arg(long, value_name = "HTML")]
+        report_html: Option<PathBuf>,
         /// Calibration samples the fp32-vs-int8 figures of the summary are computed on.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         compare_samples: u64,
@@ -131,6 +139,11 @@ pub enum Command {
         /// Also write the numbers as JSON.
         #[arg(long, value_name = "JSON")]
         json: Option<PathBuf>,
+        /// Also write a self-contained HTML page: the output metrics, a chart of every
+        /// quantized layer's SQNR in graph order, value histograms of the worst layers (implies
+        /// --per-layer).
+        #[arg(long, value_name = "HTML")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         bounds: BoundArgs,
     },
@@ -244,6 +257,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             exclude_nodes,
             exclude_op_types,
             report,
+            report_html,
             compare_samples,
             overrides,
             bounds,
@@ -268,7 +282,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             if let Some(p) = &report {
                 plan.output("--report", p);
             }
+            if let Some(p) = &report_html {
+                plan.output("--report-html", p);
+            }
             check_outputs(&plan)?;
+            anyhow::ensure!(
+                report_html.is_none() || calib.calib.is_some(),
+                "--report-html compares the float and the quantized model on data: give --calib"
+            );
             let calibration = calib.config()?;
             let bounds = bounds.bounds()?;
             let overrides = overrides.map(|p| read_overrides(&p)).transpose()?;
@@ -333,6 +354,40 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             };
             let (quantized, summary) =
                 onnx_ptq::quantize::quantize_model(&loaded, source.as_ref(), ranges, &config)?;
+            // Compared before anything is written, so that a failure leaves no file.
+            let html_page = match (&report_html, &source) {
+                (Some(path), Some(source)) => {
+                    let comparison = compare_models(
+                        &loaded.proto,
+                        &quantized,
+                        &source.head(compare_samples as usize),
+                        &CompareConfig {
+                            per_layer: true,
+                            latency_runs: 0,
+                            histograms: HTML_HISTOGRAMS,
+                        },
+                    )?;
+                    let context = HtmlContext {
+                        title: format!("onnx-ptq quantize: {}", model.display()),
+                        facts: vec![
+                            ("float model".into(), model.display().to_string()),
+                            ("quantized model".into(), output.display().to_string()),
+                            (
+                                "mode".into(),
+                                format!(
+                                    "{:?}, {} on {} samples",
+                                    summary.mode,
+                                    summary.calibration_method,
+                                    summary.calibration_samples
+                                )
+                                .to_lowercase(),
+                            ),
+                        ],
+                    };
+                    Some((path, html::render(&comparison, &context)))
+                }
+                _ => None,
+            };
             // The model (and side file) and the report appear together, or none of them.
             let mut pending = PendingFiles::new();
             let written = Model {
@@ -342,6 +397,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             .save_pending(&output, &SaveOptions::default(), &mut pending)?;
             if let Some(path) = &report {
                 pending.add(path, &json_bytes(&summary)?)?;
+            }
+            if let Some((path, page)) = html_page {
+                pending.add(path, page.as_bytes())?;
             }
             pending.commit()?;
             print::quantize_summary(&summary, &written.path);
@@ -359,6 +417,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             top_k,
             latency_runs,
             json,
+            html,
             bounds,
         } => {
             let mut plan = OutputPlan::new();
@@ -367,6 +426,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .data_input("the --data samples", &data, SAMPLE_EXTENSIONS);
             if let Some(p) = &json {
                 plan.output("--json", p);
+            }
+            if let Some(p) = &html {
+                plan.output("--html", p);
             }
             check_outputs(&plan)?;
             let bounds = bounds.bounds()?;
@@ -384,8 +446,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 &b.proto,
                 &source,
                 &CompareConfig {
-                    per_layer,
+                    per_layer: per_layer || html.is_some(),
                     latency_runs,
+                    histograms: if html.is_some() { HTML_HISTOGRAMS } else { 0 },
                 },
             )?;
             let violations = if bounds.is_empty() {
@@ -393,6 +456,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             } else {
                 bounds.check(&report.outputs)?
             };
+            // The JSON and the HTML appear together, or neither.
+            let mut pending = PendingFiles::new();
             if let Some(path) = json {
                 let value = serde_json::json!({
                     "float": float.display().to_string(),
@@ -402,8 +467,25 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     "violations": violations,
                     "passed": violations.is_empty(),
                 });
-                onnx_ptq::onnx::write_atomic(&path, &json_bytes(&value)?)?;
+                pending.add(&path, &json_bytes(&value)?)?;
             }
+            if let Some(path) = &html {
+                let mut facts = vec![
+                    ("float model".to_string(), float.display().to_string()),
+                    ("quantized model".to_string(), int8.display().to_string()),
+                    ("data".to_string(), data.display().to_string()),
+                ];
+                if !violations.is_empty() {
+                    let missed: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+                    facts.push(("bounds missed".into(), missed.join("; ")));
+                }
+                let context = HtmlContext {
+                    title: format!("onnx-ptq compare: {}", int8.display()),
+                    facts,
+                };
+                pending.add(path, html::render(&report, &context).as_bytes())?;
+            }
+            pending.commit()?;
             print::compare_table(&report, top_k, &violations);
             Ok(if violations.is_empty() {
                 Outcome::Ok

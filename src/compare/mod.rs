@@ -5,6 +5,8 @@
 //! sample's tensors, whatever the number of samples.
 
 mod bounds;
+mod histogram;
+pub mod html;
 mod layers;
 mod metrics;
 #[cfg(feature = "tract")]
@@ -15,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use bounds::{Bounds, Violation};
+pub use histogram::{Histogram, HistogramBuilder};
 pub use layers::quantized_tensors;
 pub use metrics::{ErrorAccumulator, ErrorMetrics};
 #[cfg(feature = "tract")]
@@ -27,6 +30,9 @@ pub struct CompareConfig {
     pub per_layer: bool,
     /// Runs of the first sample timed per model for the latency figures (0: no timing).
     pub latency_runs: usize,
+    /// With `per_layer`: value histograms of this many of the worst layers (0: none), from
+    /// a second run of the first samples.
+    pub histograms: usize,
 }
 
 /// Error of one quantized tensor against its float counterpart.
@@ -34,6 +40,13 @@ pub struct CompareConfig {
 pub struct LayerError {
     /// The tensor's name in the float model.
     pub tensor: String,
+    /// The float model's node that writes it ("" for a graph input).
+    pub node: String,
+    /// That node's op type ("input" for a graph input).
+    pub op_type: String,
+    /// Position of that node in the float graph (graph inputs 0, the first node 1): the
+    /// order of the layers from input to output.
+    pub order: usize,
     /// Its metrics over every sample.
     pub metrics: ErrorMetrics,
 }
@@ -55,6 +68,9 @@ pub struct CompareReport {
     pub reference_ms: Option<f64>,
     /// Median tract run time of the tested model on the first sample, in milliseconds.
     pub test_ms: Option<f64>,
+    /// With `histograms`: value histograms of the worst layers, worst first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub histograms: Vec<Histogram>,
     /// How the tested model ran when tract could not run it as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emulation: Option<String>,

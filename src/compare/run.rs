@@ -7,7 +7,7 @@ use tract_onnx::prelude::*;
 
 use super::{
     layers, quantized_tensors, CompareConfig, CompareReport, ErrorAccumulator, ErrorMetrics,
-    LayerError,
+    Histogram, HistogramBuilder, LayerError,
 };
 use crate::calibrate::{DataSource, InputSpec};
 use crate::engine::Runner;
@@ -107,11 +107,21 @@ pub fn compare_models(
             layers.entry(name).or_default().merge(&b);
         }
     }
+    let producers = producers(reference);
     let mut layers: Vec<LayerError> = layers
         .into_iter()
-        .map(|(tensor, acc)| LayerError {
-            tensor,
-            metrics: acc.metrics(),
+        .map(|(tensor, acc)| {
+            let (node, op_type, order) = producers
+                .get(tensor.as_str())
+                .cloned()
+                .unwrap_or_else(|| (String::new(), "input".into(), 0));
+            LayerError {
+                tensor,
+                node,
+                op_type,
+                order,
+                metrics: acc.metrics(),
+            }
         })
         .collect();
     layers.sort_by(|a, b| {
@@ -120,6 +130,17 @@ pub fn compare_models(
             .total_cmp(&b.metrics.sqnr_db)
             .then_with(|| a.tensor.cmp(&b.tensor))
     });
+    let histograms = if config.histograms > 0 {
+        let worst: Vec<&str> = layers
+            .iter()
+            .filter(|l| l.metrics.sqnr_db.is_finite())
+            .take(config.histograms)
+            .map(|l| l.tensor.as_str())
+            .collect();
+        histograms(&reference_runner, &test_runner, source, &pairs, &worst)?
+    } else {
+        Vec::new()
+    };
     let (reference_ms, test_ms) = if config.latency_runs > 0 {
         let first = source.load(0)?;
         (
@@ -144,8 +165,100 @@ pub fn compare_models(
         test_bytes,
         reference_ms,
         test_ms,
+        histograms,
         emulation,
     })
+}
+
+/// For every tensor written by a node of `model`: the node's label, op type and position
+/// (1-based, graph inputs being 0).
+fn producers(model: &ModelProto) -> HashMap<&str, (String, String, usize)> {
+    let mut map = HashMap::new();
+    if let Some(graph) = model.graph.as_ref() {
+        for (i, node) in graph.node.iter().enumerate() {
+            let label = if node.name().is_empty() {
+                format!("#{i}")
+            } else {
+                node.name().to_string()
+            };
+            for out in &node.output {
+                map.insert(
+                    out.as_str(),
+                    (label.clone(), node.op_type().to_string(), i + 1),
+                );
+            }
+        }
+    }
+    map
+}
+
+/// Value histograms of the float and quantized `tensors` (float names, in the order given),
+/// from the first samples until each has [`super::histogram::MAX_VALUES`] values: a second,
+/// sequential run of both models, so that the pictures do not depend on the thread count.
+fn histograms(
+    reference: &Runner,
+    test: &Runner,
+    source: &DataSource,
+    pairs: &BTreeMap<String, String>,
+    tensors: &[&str],
+) -> Result<Vec<Histogram>> {
+    let mut builders: BTreeMap<&str, HistogramBuilder> = tensors
+        .iter()
+        .map(|&t| (t, HistogramBuilder::default()))
+        .collect();
+    let dq_of: BTreeMap<&str, &str> = pairs
+        .iter()
+        .filter(|(_, f)| builders.contains_key(f.as_str()))
+        .map(|(dq, f)| (dq.as_str(), f.as_str()))
+        .collect();
+    for i in 0..source.len() {
+        if builders.values().all(HistogramBuilder::is_full) {
+            break;
+        }
+        let sample = source.load(i)?;
+        let mut captured: HashMap<String, Vec<f32>> = HashMap::new();
+        reference
+            .run_observing(sample.inputs.clone(), &mut |name, value| {
+                if builders.get(name).is_some_and(|b| !b.is_full()) {
+                    captured.insert(name.to_string(), as_f32(value)?);
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                Error::Tract(format!("the float model failed on {}: {e}", sample.label))
+            })?;
+        test.run_observing(sample.inputs, &mut |name, value| {
+            let Some(&float_name) = dq_of.get(name) else {
+                return Ok(());
+            };
+            if let (Some(float), Some(builder)) =
+                (captured.get(float_name), builders.get_mut(float_name))
+            {
+                let quantized = as_f32(value)?;
+                if quantized.len() == float.len() {
+                    builder.add(float, &quantized);
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| {
+            Error::Tract(format!(
+                "the quantized model failed on {}: {e}",
+                sample.label
+            ))
+        })?;
+    }
+    Ok(tensors
+        .iter()
+        .filter_map(|&t| Some(builders.remove(t)?.finish(t.to_string())))
+        .collect())
+}
+
+/// The values of `value` as f32, in order.
+fn as_f32(value: &Tensor) -> std::result::Result<Vec<f32>, String> {
+    let cast = value.cast_to::<f32>().map_err(|e| e.to_string())?;
+    let plain = cast.try_as_plain_ram().map_err(|e| e.to_string())?;
+    Ok(plain.as_slice::<f32>().map_err(|e| e.to_string())?.to_vec())
 }
 
 /// The float outputs of every sample of `source`, and the output names (in order).
@@ -325,13 +438,8 @@ pub(crate) fn accumulate(
             test.shape()
         ));
     }
-    let slice = |t: &Tensor| -> std::result::Result<Vec<f32>, String> {
-        let cast = t.cast_to::<f32>().map_err(|e| e.to_string())?;
-        let plain = cast.try_as_plain_ram().map_err(|e| e.to_string())?;
-        Ok(plain.as_slice::<f32>().map_err(|e| e.to_string())?.to_vec())
-    };
     let classes = (reference.rank() == 2).then(|| reference.shape()[1]);
-    acc.add(&slice(reference)?, &slice(test)?, classes);
+    acc.add(&as_f32(reference)?, &as_f32(test)?, classes);
     Ok(())
 }
 
