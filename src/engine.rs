@@ -196,10 +196,11 @@ impl Runner {
         let typed = inference
             .into_typed()
             .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+        // The optimized plan is only faster: where tract's optimizer fails on a graph its
+        // plain plan runs (FlashSDPA codegen on a boolean mask, MultiBroadcastTo of a quantized
+        // constant), the plain plan computes the same values.
         let typed = if self.optimize {
-            typed
-                .into_optimized()
-                .map_err(|e| format!("tract could not optimize the model: {e:#}"))?
+            typed.clone().into_optimized().unwrap_or(typed)
         } else {
             typed
         };

@@ -371,8 +371,11 @@ fn record(slot: &Mutex<Option<Error>>, e: Error) {
     }
 }
 
+/// Whether tensors of this type get a range. Double tensors do not: QuantizeLinear takes
+/// float, float16 and bfloat16 only, so a double tensor can never be quantized (observing it
+/// once made the planner quantize it, and the written model did not type).
 fn is_float(dt: DatumType) -> bool {
-    dt == f32::datum_type() || dt == f16::datum_type() || dt == f64::datum_type()
+    dt == f32::datum_type() || dt == f16::datum_type()
 }
 
 fn observe_value(stats: &mut TensorStats, value: &TValue) -> TractResult<()> {

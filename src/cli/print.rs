@@ -64,6 +64,14 @@ fn weight_lines(t: &mut String, s: &QuantizeReport) {
 
 /// The summary of `quantize`.
 pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
+    // On stderr, even with -q: the written model is not what was asked for.
+    for r in &s.repaired {
+        eprintln!(
+            "warning: self-repair returned {} to float: the quantized model did not run in \
+             tract with it quantized: {}",
+            r.node, r.error
+        );
+    }
     let mut t = String::new();
     let _ = writeln!(t, "wrote {}", written.display());
     let _ = writeln!(

@@ -135,7 +135,7 @@ impl<'a> Evaluator<'a> {
 }
 
 /// The quantized activations node `n` reads and writes.
-fn activations_of(graph: &GraphProto, plan: &Plan, n: usize) -> Vec<String> {
+pub(super) fn activations_of(graph: &GraphProto, plan: &Plan, n: usize) -> Vec<String> {
     let node = &graph.node[n];
     node.input
         .iter()

@@ -7,6 +7,7 @@ pub mod opset;
 pub mod params;
 pub mod plan;
 pub mod prep;
+mod repair;
 pub mod rewrite;
 pub mod rules;
 pub mod simulate;
@@ -19,6 +20,7 @@ use serde::Serialize;
 pub use accuracy::{AccuracyConfig, AccuracyReport};
 pub use params::ActType;
 pub use plan::{Fallback, FloatReason, Mode, Plan, PlanConfig, TensorOverride};
+pub use repair::RepairedNode;
 pub use rewrite::RewriteStats;
 
 use crate::calibrate::{CalibrationConfig, Calibrator, DataSource, Ranges};
@@ -101,11 +103,44 @@ pub struct QuantizeReport {
     pub compared_samples: usize,
     /// How the written model was run in tract before writing.
     pub execution_check: String,
+    /// Nodes self-repair returned to float because the quantized model did not run with them
+    /// quantized (also listed in `float_nodes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<repair::RepairedNode>,
     /// Wall time of each stage, in seconds.
     pub seconds: BTreeMap<String, f64>,
     /// The accuracy search, when bounds were given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<AccuracyReport>,
+}
+
+/// A failpoint for the self-repair tests: with `ONNX_PTQ_FAILPOINT_UNRUNNABLE_OP=Op`, the
+/// execution check fails wherever a node of type `Op` reads a DequantizeLinear output, as
+/// tract does on the (rare, version-dependent) quantized patterns it cannot type. No model
+/// available to the tests fails this way with the tract version pinned today, and the repair
+/// path must not go untested until one does.
+fn failpoint_unrunnable_op(quantized: &ModelProto) -> Result<()> {
+    let Some(op) = std::env::var_os("ONNX_PTQ_FAILPOINT_UNRUNNABLE_OP") else {
+        return Ok(());
+    };
+    let Some(graph) = quantized.graph.as_ref() else {
+        return Ok(());
+    };
+    let dequantized: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "DequantizeLinear")
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    match graph.node.iter().find(|n| {
+        op.to_str() == Some(n.op_type()) && n.input.iter().any(|i| dequantized.contains(i.as_str()))
+    }) {
+        Some(n) => Err(Error::Tract(format!(
+            "tract could not type the model: {}: failpoint ONNX_PTQ_FAILPOINT_UNRUNNABLE_OP",
+            node_label(n)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Runs the quantized model as it will be written (no folding) once in tract, on `sample`:
@@ -151,6 +186,7 @@ fn validate_in_tract(quantized: &ModelProto, sample: crate::calibrate::Sample) -
         )
     };
     let quantized = model.as_ref();
+    failpoint_unrunnable_op(quantized)?;
     let inputs: Vec<String> = crate::calibrate::InputSpec::of_model(quantized)?
         .into_iter()
         .map(|s| s.name)
@@ -535,23 +571,43 @@ fn run(
         accuracy_report = Some(r);
         clock.lap("accuracy search");
     }
-    let plan = plan::plan(graph, &plan_config, &lookup);
-    let mut quantized = prepared.model.clone();
-    let stats = rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
-    keep_declared_value_info(&mut quantized, model);
-    clock.lap("plan and rewrite");
-    let (execution_check, outputs) = if lazy {
-        structure_only(&quantized)?
-    } else {
-        validate_and_compare(
-            model,
-            &quantized,
-            &samples,
-            calibration.reference,
-            config.calibration.threads,
-        )?
+    let finish = |cfg: &PlanConfig, clock: &mut Clock| -> Result<Finished> {
+        let plan = plan::plan(graph, cfg, &lookup);
+        let mut quantized = prepared.model.clone();
+        let stats = rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
+        keep_declared_value_info(&mut quantized, model);
+        clock.lap("plan and rewrite");
+        let (execution_check, outputs) = if lazy {
+            structure_only(&quantized)?
+        } else {
+            validate_and_compare(
+                model,
+                &quantized,
+                &samples,
+                calibration.reference.as_deref(),
+                config.calibration.threads,
+            )?
+        };
+        clock.lap("validate and compare");
+        Ok((plan, quantized, stats, execution_check, outputs))
     };
-    clock.lap("validate and compare");
+    let mut repaired = Vec::new();
+    let (plan, quantized, stats, execution_check, outputs) = match finish(&plan_config, &mut clock)
+    {
+        Err(Error::Tract(error)) if !lazy => {
+            let sample = samples.compare.as_ref().map(|c| c.head(1));
+            let (cfg, nodes) = repair_nodes(graph, &plan_config, &lookup, error, &|cfg| {
+                let quantized = build(cfg).map_err(|e| e.to_string())?;
+                check_structure(&quantized).map_err(|e| e.to_string())?;
+                runs_in_tract(&quantized, sample.as_ref()).map_err(|e| e.to_string())
+            })?;
+            plan_config = cfg;
+            repaired = nodes;
+            clock.lap("self-repair");
+            finish(&plan_config, &mut clock)?
+        }
+        other => other?,
+    };
     let (quantized_ops, without_int8_kernel, float_nodes) = summarize_plan(graph, &plan);
     let report = QuantizeReport {
         mode: plan_config.mode,
@@ -576,9 +632,95 @@ fn run(
         outputs,
         compared_samples: samples.compare.as_ref().map_or(0, DataSource::len),
         execution_check,
+        repaired,
         accuracy: accuracy_report,
     };
     Ok((quantized, report))
+}
+
+/// What the last stages give: the plan, the quantized model, the rewrite's counts, how it
+/// ran, and its fp32-vs-int8 figures.
+type Finished = (
+    Plan,
+    ModelProto,
+    RewriteStats,
+    String,
+    BTreeMap<String, ErrorMetrics>,
+);
+
+/// Returns the nodes responsible for `error` (the quantized model did not run) to float, found
+/// by bisection over the quantized nodes, last first ([`repair::find_culprits`]); `runs` builds and runs
+/// the model of a configuration. Fails with the original error when the model does not run
+/// even with every node float.
+fn repair_nodes(
+    graph: &crate::onnx::pb::GraphProto,
+    config: &PlanConfig,
+    lookup: &dyn Fn(&str) -> Option<(f32, f32)>,
+    error: String,
+    runs: &dyn Fn(&PlanConfig) -> std::result::Result<(), String>,
+) -> Result<(PlanConfig, Vec<repair::RepairedNode>)> {
+    let plan = plan::plan(graph, config, lookup);
+    // From the outputs back: the node tract fails on is the one reading a quantized tensor,
+    // and returning it to float is the smallest change (returning its producer would also
+    // remove the quantized tensor, and that producer's own int8 kernel with it).
+    let candidates: Vec<usize> = plan.quantized.iter().rev().copied().collect();
+    let with_float = |excluded: &std::collections::BTreeSet<usize>, errors: &[(usize, String)]| {
+        let mut cfg = config.clone();
+        for &n in excluded {
+            let why = errors
+                .iter()
+                .find(|(m, _)| *m == n)
+                .map_or_else(String::new, |(_, e)| e.clone());
+            cfg.fallback.repaired.insert(n, why);
+            cfg.fallback
+                .tensors
+                .extend(accuracy::activations_of(graph, &plan, n));
+        }
+        cfg
+    };
+    // The candidate whose name the error quotes (the longest, as names may nest).
+    let named = |message: &str| {
+        candidates
+            .iter()
+            .copied()
+            .filter(|&n| {
+                let name = graph.node[n].name();
+                !name.is_empty()
+                    && (message.contains(&format!("'{name}'"))
+                        || message.contains(&format!("\"{name}\"")))
+            })
+            .max_by_key(|&n| graph.node[n].name().len())
+    };
+    let culprits = repair::find_culprits(&candidates, error.clone(), &named, &mut |excluded| {
+        runs(&with_float(excluded, &[]))
+    })
+    .map_err(|e| {
+        Error::Tract(format!(
+            "{error}\n(the model does not run even with every quantized node returned to \
+             float: {e})"
+        ))
+    })?;
+    let excluded: std::collections::BTreeSet<usize> = culprits.iter().map(|(n, _)| *n).collect();
+    let nodes = culprits
+        .iter()
+        .map(|(n, e)| repair::RepairedNode {
+            node: plan::label(graph, *n),
+            op_type: graph.node[*n].op_type().to_string(),
+            error: e.clone(),
+        })
+        .collect();
+    Ok((with_float(&excluded, &culprits), nodes))
+}
+
+/// Runs `quantized` once in tract on the first sample of `sample` (zeros without one).
+fn runs_in_tract(quantized: &ModelProto, sample: Option<&DataSource>) -> Result<()> {
+    let sample = match sample {
+        Some(s) => s.load(0)?,
+        None => {
+            crate::calibrate::Sample::zeros(&crate::calibrate::InputSpec::of_model(quantized)?)?
+        }
+    };
+    validate_in_tract(quantized, sample).map(drop)
 }
 
 /// Ranges, how they were obtained, and the float outputs computed on the way.
@@ -740,7 +882,7 @@ fn validate_and_compare(
     model: &ModelProto,
     quantized: &ModelProto,
     samples: &Samples,
-    reference: Option<Vec<Vec<tract_onnx::prelude::Tensor>>>,
+    reference: Option<&[Vec<tract_onnx::prelude::Tensor>]>,
     threads: usize,
 ) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
     check_structure(quantized)?;
@@ -749,22 +891,27 @@ fn validate_and_compare(
             crate::calibrate::Sample::zeros(&crate::calibrate::InputSpec::of_model(quantized)?)?;
         return Ok((validate_in_tract(quantized, sample)?, BTreeMap::new()));
     };
-    let (output_names, reference) = match reference {
-        Some(kept) => (
-            model
-                .graph
-                .iter()
-                .flat_map(|g| g.output.iter().map(|o| o.name().to_string()))
-                .collect(),
-            kept,
-        ),
-        None => crate::compare::reference_outputs(model, compare)?,
-    };
+    let computed;
+    let (output_names, reference): (Vec<String>, &[Vec<tract_onnx::prelude::Tensor>]) =
+        match reference {
+            Some(kept) => (
+                model
+                    .graph
+                    .iter()
+                    .flat_map(|g| g.output.iter().map(|o| o.name().to_string()))
+                    .collect(),
+                kept,
+            ),
+            None => {
+                computed = crate::compare::reference_outputs(model, compare)?;
+                (computed.0, &computed.1)
+            }
+        };
     let execution_check = validate_in_tract(quantized, compare.load(0)?)?;
     let outputs = crate::compare::compare_to_reference(
         &simulate::fold_constant_dequantize(quantized),
         compare,
-        &reference,
+        reference,
         &output_names,
         threads.max(1),
     )?;

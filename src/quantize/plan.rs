@@ -94,6 +94,9 @@ pub struct Fallback {
     pub nodes: BTreeSet<usize>,
     /// Activation tensors that get no QuantizeLinear/DequantizeLinear.
     pub tensors: BTreeSet<String>,
+    /// Nodes self-repair returned to float (the quantized model did not run with them
+    /// quantized), by index, with the error.
+    pub repaired: BTreeMap<usize, String>,
 }
 
 /// A user's setting for one tensor, from an overrides file.
@@ -155,6 +158,8 @@ pub enum FloatReason {
     Excluded,
     /// Returned to float by the accuracy search.
     AccuracyFallback,
+    /// Returned to float by self-repair: the quantized model did not run with it quantized.
+    Repaired(String),
     /// Reads or writes a tensor kept float (by the accuracy search or an override).
     KeepsTensorFloat(String),
     /// The input model already has QuantizeLinear/DequantizeLinear here.
@@ -183,6 +188,9 @@ impl FloatReason {
             FloatReason::OtherDomain(_) => "outside the default domain, never touched",
             FloatReason::Excluded => "excluded by the user",
             FloatReason::AccuracyFallback => "returned to float to meet the accuracy bound",
+            FloatReason::Repaired(_) => {
+                "returned to float: the quantized model did not run with it quantized"
+            }
             FloatReason::KeepsTensorFloat(_) => "reads or writes a tensor kept float",
             FloatReason::AlreadyQuantized => "already quantized in the input model",
             FloatReason::NotFloat(_) => "works on non-float tensors (shapes, indices, masks)",
@@ -205,6 +213,10 @@ impl fmt::Display for FloatReason {
             FloatReason::OtherDomain(d) => write!(f, "domain '{d}' is never touched"),
             FloatReason::NotFloat(t) => write!(f, "'{t}' is not a float tensor"),
             FloatReason::NoRange(t) => write!(f, "no calibrated range for '{t}'"),
+            FloatReason::Repaired(e) => write!(
+                f,
+                "returned to float: the quantized model did not run with it quantized ({e})"
+            ),
             FloatReason::KeepsTensorFloat(t) => write!(f, "reads or writes '{t}', kept float"),
             FloatReason::WeightNotConstant(t) => write!(f, "weight '{t}' is not a float constant"),
             FloatReason::InputNotQuantized(i) => write!(f, "input {i} is not quantized"),
@@ -317,7 +329,7 @@ fn constant_range(index: &GraphIndex, name: &str) -> Option<(f32, f32)> {
 }
 
 /// What every mode leaves float before looking at the op: other domains, what the user
-/// excluded, and what the accuracy search returned to float.
+/// excluded, and what self-repair and the accuracy search returned to float.
 fn user_choices(node: &NodeProto, n: usize, config: &PlanConfig) -> Result<(), FloatReason> {
     if !matches!(node.domain(), "" | "ai.onnx") {
         return Err(FloatReason::OtherDomain(node.domain().to_string()));
@@ -326,6 +338,9 @@ fn user_choices(node: &NodeProto, n: usize, config: &PlanConfig) -> Result<(), F
         || config.exclude_op_types.contains(node.op_type())
     {
         return Err(FloatReason::Excluded);
+    }
+    if let Some(e) = config.fallback.repaired.get(&n) {
+        return Err(FloatReason::Repaired(e.clone()));
     }
     if config.fallback.nodes.contains(&n) {
         return Err(FloatReason::AccuracyFallback);
