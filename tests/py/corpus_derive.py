@@ -67,9 +67,6 @@ def topo_sort(graph):
 
 
 def derive(entry):
-    import onnx
-    import onnxruntime as ort
-
     recipe = entry["derive"]
     src = os.path.join(MODELS, recipe["from"])
     dst = os.path.join(MODELS, entry["path"])
@@ -77,6 +74,9 @@ def derive(entry):
     want = json.dumps(recipe, sort_keys=True)
     if os.path.exists(dst) and os.path.exists(stamp) and open(stamp).read() == want:
         return False
+    import onnx
+    import onnxruntime as ort
+
     model = onnx.load(src)
     method = recipe["method"]
     if method == "convert":
