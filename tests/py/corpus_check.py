@@ -4,7 +4,8 @@ Usage: corpus_check.py MANIFEST [NAME ...] [--samples N]
 
 For each entry (or only the NAMEs given): the model file exists under $ONNX_PTQ_CACHE/models,
 its opset, float16 use and control-flow ops match the manifest, its non-initializer inputs are
-exactly the manifest's (names and dtypes), corpus_data.py writes N (default 2) samples into a
+exactly the manifest's (names and dtypes), whether the float file passes
+onnx.checker.check_model(full_check=True) (printed, not fatal), corpus_data.py writes N (default 2) samples into a
 temporary folder, and the float model runs in ONNX Runtime on each of them with finite outputs.
 Prints one line per model (name, opset, inputs, mean run ms, output shapes and ranges) and exits
 non-zero if any model fails.
@@ -78,6 +79,11 @@ def check(entry, samples):
         problems.append(f"inputs {inputs}, manifest {want}")
     if problems:
         raise RuntimeError("; ".join(problems))
+    try:  # informational: a shipped model may fail it and still run (slanet_plus)
+        onnx.checker.check_model(model, full_check=True)
+        checker = "checker ok"
+    except Exception:  # noqa: BLE001
+        checker = "checker FAILS on the float file"
     del model
 
     so = ort.SessionOptions()
@@ -105,7 +111,8 @@ def check(entry, samples):
         f"{n[:24]}{list(v.shape)}[{float(v.min()):.3g},{float(v.max()):.3g}]" if v.size and v.dtype.kind in "fiu"
         else f"{n[:24]}{list(v.shape)}" for n, v in stats[:4])
     in_text = " ".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in entry["inputs"].items())
-    return f"opset {opset:2d}  {in_text}  run {np.mean(times):.1f} ms  data {gen_s:.2f} s  -> {out_text}"
+    return (f"opset {opset:2d}  {in_text}  run {np.mean(times):.1f} ms  data {gen_s:.2f} s  {checker}"
+            f"  -> {out_text}")
 
 
 def main():
