@@ -201,8 +201,9 @@ def make_seal(entry, seed, index):
     stamp = Image.fromarray(a).rotate(float(rng.uniform(-30, 30)), resample=Image.Resampling.BICUBIC, expand=True)
     ox = int(rng.integers(-stamp.width // 6, max(-stamp.width // 6 + 1, W - stamp.width * 5 // 6)))
     oy = int(rng.integers(-stamp.height // 6, max(-stamp.height // 6 + 1, H - stamp.height * 5 // 6)))
-    img.alpha_composite(stamp, (ox, oy)) if ox >= 0 and oy >= 0 else img.alpha_composite(
-        stamp.crop((max(0, -ox), max(0, -oy), stamp.width, stamp.height)), (max(0, ox), max(0, oy)))
+    # Part of the stamp may lie off the page (alpha_composite takes no negative offset).
+    stamp = stamp.crop((max(0, -ox), max(0, -oy), stamp.width, stamp.height))
+    img.alpha_composite(stamp, (max(0, ox), max(0, oy)))
     rgb = np.asarray(img.convert("RGB"), np.float32)
     bgr = np.rint(rgb[..., ::-1]) / 255
     x = (bgr - md.IMAGENET_MEAN) / md.IMAGENET_STD
