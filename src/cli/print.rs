@@ -72,6 +72,9 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
             r.node, r.error
         );
     }
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
     let mut t = String::new();
     let _ = writeln!(t, "wrote {}", written.display());
     let _ = writeln!(

@@ -107,6 +107,8 @@ pub struct QuantizeReport {
     /// quantized (also listed in `float_nodes`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repaired: Vec<repair::RepairedNode>,
+    /// What the user should know about the written model (also printed on stderr).
+    pub warnings: Vec<String>,
     /// Wall time of each stage, in seconds.
     pub seconds: BTreeMap<String, f64>,
     /// The accuracy search, when bounds were given.
@@ -544,7 +546,28 @@ fn run(
     }
     let prepared = upgrade_and_prepare(model, config, lazy)?;
     clock.lap("prepare");
-    let calibration = calibrate_stage(&prepared.model, model_name, &samples, ranges, config)?;
+    let mut warnings = Vec::new();
+    // A model tract cannot run (an If whose branches tract types differently, a Loop it does
+    // not implement) cannot be calibrated; rather than refuse a model ONNX Runtime runs, it
+    // gets what needs no activation range: dynamic int8, checked structurally, and says so.
+    let (calibration, unrunnable) =
+        match calibrate_stage(&prepared.model, model_name, &samples, ranges, config) {
+            Err(Error::Tract(e))
+                if config.plan.mode == Mode::Static && config.accuracy.is_none() =>
+            {
+                warnings.push(format!(
+                    "tract cannot run the float model, so no activation range could be \
+                     calibrated ({e}); wrote dynamic int8 instead (MatMul/Gemm weights int8, \
+                     activations quantized at run time, Conv float), checked structurally but \
+                     not run"
+                ));
+                (
+                    Calibration::none("none: tract cannot run the float model"),
+                    true,
+                )
+            }
+            other => (other?, false),
+        };
     clock.lap("calibrate");
     check_overrides(&prepared.model, &prepared.plan_config)?;
     let graph = prepared
@@ -560,6 +583,9 @@ fn run(
         Ok(quantized)
     };
     let mut plan_config = prepared.plan_config.clone();
+    if unrunnable {
+        plan_config.mode = Mode::Dynamic;
+    }
     if let Some(h) = calibration.hessians {
         plan_config.weight_only.hessians = h;
     }
@@ -577,8 +603,8 @@ fn run(
         let stats = rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
         keep_declared_value_info(&mut quantized, model);
         clock.lap("plan and rewrite");
-        let (execution_check, outputs) = if lazy {
-            structure_only(&quantized)?
+        let (execution_check, outputs) = if lazy || unrunnable {
+            structure_only(&quantized, lazy)?
         } else {
             validate_and_compare(
                 model,
@@ -594,7 +620,7 @@ fn run(
     let mut repaired = Vec::new();
     let (plan, quantized, stats, execution_check, outputs) = match finish(&plan_config, &mut clock)
     {
-        Err(Error::Tract(error)) if !lazy => {
+        Err(Error::Tract(error)) if !lazy && !unrunnable => {
             let sample = samples.compare.as_ref().map(|c| c.head(1));
             let (cfg, nodes) = repair_nodes(graph, &plan_config, &lookup, error, &|cfg| {
                 let quantized = build(cfg).map_err(|e| e.to_string())?;
@@ -633,6 +659,7 @@ fn run(
         compared_samples: samples.compare.as_ref().map_or(0, DataSource::len),
         execution_check,
         repaired,
+        warnings,
         accuracy: accuracy_report,
     };
     Ok((quantized, report))
@@ -721,6 +748,19 @@ fn runs_in_tract(quantized: &ModelProto, sample: Option<&DataSource>) -> Result<
         }
     };
     validate_in_tract(quantized, sample).map(drop)
+}
+
+impl Calibration {
+    /// No calibration, with why.
+    fn none(method: &str) -> Calibration {
+        Calibration {
+            ranges: Ranges::empty(),
+            method: method.into(),
+            seconds: 0.0,
+            reference: None,
+            hessians: None,
+        }
+    }
 }
 
 /// Ranges, how they were obtained, and the float outputs computed on the way.
@@ -865,12 +905,19 @@ fn check_structure(quantized: &ModelProto) -> Result<()> {
 
 /// The validation of a model whose weights stay on disk: the structure only, since a tract
 /// run would load every weight.
-fn structure_only(quantized: &ModelProto) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
+fn structure_only(
+    quantized: &ModelProto,
+    lazy: bool,
+) -> Result<(String, BTreeMap<String, ErrorMetrics>)> {
     check_structure(quantized)?;
     Ok((
-        "structure checked; not run in tract: the weights stay on disk (streamed one at a \
-         time), and a run would load them all"
-            .into(),
+        if lazy {
+            "structure checked; not run in tract: the weights stay on disk (streamed one at a \
+             time), and a run would load them all"
+        } else {
+            "structure checked; not run: tract cannot run the float model"
+        }
+        .into(),
         BTreeMap::new(),
     ))
 }

@@ -38,6 +38,8 @@ pub struct PrepReport {
     pub constants_folded: usize,
     /// `value_info` entries added.
     pub types_inferred: usize,
+    /// Shapes declared on the outputs of If/Loop/Scan bodies, dropped (types kept).
+    pub subgraph_output_shapes_dropped: usize,
 }
 
 impl PrepReport {
@@ -55,11 +57,45 @@ pub fn prepare(model: &mut ModelProto) -> Result<PrepReport> {
     let constants_folded = fold_constants(model)?;
     let batchnorm_folded = fold_batchnorm(model)?;
     let types_inferred = infer_types(model, &Default::default())?;
+    let subgraph_output_shapes_dropped = model.graph.as_mut().map_or(0, |g| {
+        g.node
+            .iter_mut()
+            .flat_map(|n| n.attribute.iter_mut())
+            .map(drop_body_output_shapes)
+            .sum()
+    });
     Ok(PrepReport {
         batchnorm_folded,
         constants_folded,
         types_inferred,
+        subgraph_output_shapes_dropped,
     })
+}
+
+/// Drops the shapes declared on the outputs of the bodies in `attribute` (and of the bodies
+/// nested in them), keeping their element types. Exporters write shapes there that ONNX's own
+/// shape inference contradicts (a PaddleOCR table model declares a scalar where its If branch
+/// yields a vector), and `onnx.checker`'s full check then refuses the model although every
+/// runtime ignores those declarations. The main graph's outputs keep theirs.
+fn drop_body_output_shapes(attribute: &mut crate::onnx::pb::AttributeProto) -> usize {
+    let mut dropped = 0;
+    for body in attribute.g.iter_mut().chain(attribute.graphs.iter_mut()) {
+        for output in &mut body.output {
+            if let Some(crate::onnx::pb::type_proto::Value::TensorType(t)) =
+                output.r#type.as_mut().and_then(|t| t.value.as_mut())
+            {
+                if t.shape.take().is_some() {
+                    dropped += 1;
+                }
+            }
+        }
+        for node in &mut body.node {
+            for a in &mut node.attribute {
+                dropped += drop_body_output_shapes(a);
+            }
+        }
+    }
+    dropped
 }
 
 /// The model's main graph, or an error when it has none.
