@@ -244,6 +244,40 @@ fn digits_mlp_keeps_its_accuracy_within_0_3_points() {
     );
 }
 
+/// Issue 11: with onnxruntime's default optimizations on, our digits file lost 1.2 dB to
+/// onnxruntime's own (same scales, zero points and int8 data): its fused QLinearSoftmax
+/// requantizes by floor(1 / y_scale), and the f32 nearest 1/255 gives 254. The fused path must
+/// be as accurate as onnxruntime's file, and lose nothing against the unfused one.
+#[test]
+fn digits_mlp_matches_onnx_runtimes_file_with_its_optimizations_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("digits");
+    common::python_ok("digits_mlp.py", &[src.to_str().unwrap()]);
+    let model = src.join("mlp.onnx");
+    let held = dir.path().join("held");
+    common::make_data("digits", &held, 540, 1, Some(&src));
+    let calib = src.join("calib.npy");
+    let ours = dir.path().join("ours.onnx");
+    common::quantize(&model, &calib, &ours);
+    let theirs = dir.path().join("theirs.onnx");
+    common::ort_quantize_static(&model, &calib, &theirs);
+    let sqnr = |v: &serde_json::Value| v["outputs"]["probabilities"]["sqnr_db"].as_f64().unwrap();
+    let ours_fused = sqnr(&common::check_optimized(&model, &ours, &held));
+    let theirs_fused = sqnr(&common::check_optimized(&model, &theirs, &held));
+    let ours_plain = sqnr(&common::check(&model, &ours, &held, None));
+    eprintln!(
+        "digits: ours {ours_fused:.2} dB fused, {ours_plain:.2} dB unfused; onnxruntime's {theirs_fused:.2} dB fused"
+    );
+    assert!(
+        ours_fused >= theirs_fused - 0.1,
+        "digits, onnxruntime's optimizations on: ours {ours_fused:.2} dB, onnxruntime's file {theirs_fused:.2} dB"
+    );
+    assert!(
+        ours_fused >= ours_plain - 0.1,
+        "digits: {ours_fused:.2} dB with onnxruntime's fused kernels, {ours_plain:.2} dB without"
+    );
+}
+
 /// The opset-9, IR-3 topologies of the onnx wheel (weights are ConstantOfShape fills, so no
 /// accuracy bound: every class scores the same). onnxruntime's quantizer writes invalid models
 /// for ResNet-style graphs at opset 9; ours upgrade to 13 and must load, pass the checker and

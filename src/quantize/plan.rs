@@ -497,7 +497,7 @@ fn decide(
             OutputRole::FixedRange(lo, hi) => {
                 let o = config.overrides.get(out.as_str());
                 let (lo, hi) = o.and_then(|o| o.range).unwrap_or((lo, hi));
-                params_for(lo, hi, config, o)
+                params_for(lo, hi, config, o).with_integer_reciprocal()
             }
         };
         d.params.push((out.clone(), params));
