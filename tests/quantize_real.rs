@@ -278,6 +278,57 @@ fn digits_mlp_matches_onnx_runtimes_file_with_its_optimizations_on() {
     );
 }
 
+/// Issue 11: MiniLM adds `(1 - mask) × f32::MIN` to its attention scores. Calibrated on
+/// padded sentences, that sentinel set the Softmax input's range and attention became uniform
+/// (mean cosine 0.68, onnxruntime's quantize_static the same); calibrated on unpadded ones, a
+/// padded batch at inference was clipped to a range that never saw the mask (0.47). The mask
+/// is kept exact and the Softmax input float, so padding no longer matters: both reach what
+/// unpadded sentences get (0.89-0.90). The issue's target of 0.95 needs more than the mask (the
+/// residual stream's outlier channel 99, about 200 against a few units elsewhere, costs the
+/// rest) and is not reached yet; the bound sits under what is.
+#[test]
+fn minilm_keeps_its_attention_mask_exact_on_padded_sentences() {
+    let model = common::require(common::cache_dir().join("models").join(cases()[2].model));
+    let dir = tempfile::tempdir().unwrap();
+    let sentences = |name: &str, seed: u32, pad: bool| {
+        let path = dir.path().join(name);
+        let (p, sd) = (path.to_str().unwrap().to_string(), seed.to_string());
+        let mut args = vec!["minilm", &p, "--samples", "32", "--seed", &sd];
+        if pad {
+            args.extend(["--pad", "64"]);
+        }
+        common::python_ok("model_data.py", &args);
+        path
+    };
+    let held = sentences("held", 1, true);
+    for (calib_name, pad) in [("calib_padded", true), ("calib_unpadded", false)] {
+        let calib = sentences(calib_name, 0, pad);
+        let out = dir.path().join(format!("{calib_name}.onnx"));
+        let report = common::quantize(&model, &calib, &out);
+        let verdict = common::check(&model, &out, &held, None);
+        assert_int8_model(calib_name, &model, &out, &report, &verdict, 0.30);
+        let masked: Vec<&serde_json::Value> = report["float_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| {
+                n["kind"]
+                    .as_str()
+                    .unwrap()
+                    .contains("additive attention mask")
+            })
+            .collect();
+        let softmaxes = masked.iter().filter(|n| n["op_type"] == "Softmax").count();
+        assert_eq!(softmaxes, 3, "{calib_name}: {masked:?}");
+        let cosine = verdict["outputs"]["461"]["mean_cosine"].as_f64().unwrap();
+        eprintln!("minilm, {calib_name}, held-out padded: mean cosine {cosine:.4}");
+        assert!(
+            cosine >= 0.86,
+            "{calib_name}: mean cosine {cosine:.4} on padded sentences: {verdict}"
+        );
+    }
+}
+
 /// The opset-9, IR-3 topologies of the onnx wheel (weights are ConstantOfShape fills, so no
 /// accuracy bound: every class scores the same). onnxruntime's quantizer writes invalid models
 /// for ResNet-style graphs at opset 9; ours upgrade to 13 and must load, pass the checker and
