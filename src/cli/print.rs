@@ -181,6 +181,13 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
     out(&t);
 }
 
+/// The report's warnings, on stderr: they must be seen even when stdout goes to a file.
+pub fn warnings(s: &QuantizeReport) {
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 /// One line of the watched outputs' figures.
 fn brief(outputs: &BTreeMap<String, ErrorMetrics>) -> String {
     outputs

@@ -106,6 +106,32 @@ pub struct QuantizeReport {
     /// The accuracy search, when bounds were given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<AccuracyReport>,
+    /// Problems the user must see: an output whose figures in [`QuantizeReport::outputs`]
+    /// show a collapse (see [`collapse_warnings`]).
+    pub warnings: Vec<String>,
+}
+
+/// Below this cosine to fp32 an output has lost its meaning, not just precision.
+pub const COLLAPSE_COSINE: f64 = 0.9;
+
+/// Below this SQNR (dB) the quantization noise is about a third of the signal's power.
+pub const COLLAPSE_SQNR_DB: f64 = 5.0;
+
+/// One warning per output whose cosine is below [`COLLAPSE_COSINE`] or whose SQNR is below
+/// [`COLLAPSE_SQNR_DB`] (a NaN figure counts as a collapse).
+pub fn collapse_warnings(outputs: &BTreeMap<String, ErrorMetrics>) -> Vec<String> {
+    outputs
+        .iter()
+        .filter(|(_, m)| !(m.cosine >= COLLAPSE_COSINE && m.sqnr_db >= COLLAPSE_SQNR_DB))
+        .map(|(name, m)| {
+            format!(
+                "output {name} collapsed: SQNR {:.2} dB, cosine {:.5} against fp32 (bounds \
+                 {COLLAPSE_SQNR_DB} dB, {COLLAPSE_COSINE}); the int8 model is not a faithful \
+                 copy: try --method entropy, --min-cosine, or keep the worst tensors float",
+                m.sqnr_db, m.cosine
+            )
+        })
+        .collect()
 }
 
 /// Runs the quantized model as it will be written (no folding) once in tract, on `sample`:
@@ -553,6 +579,7 @@ fn run(
     };
     clock.lap("validate and compare");
     let (quantized_ops, without_int8_kernel, float_nodes) = summarize_plan(graph, &plan);
+    let warnings = collapse_warnings(&outputs);
     let report = QuantizeReport {
         mode: plan_config.mode,
         seconds: clock.laps,
@@ -577,6 +604,7 @@ fn run(
         compared_samples: samples.compare.as_ref().map_or(0, DataSource::len),
         execution_check,
         accuracy: accuracy_report,
+        warnings,
     };
     Ok((quantized, report))
 }
