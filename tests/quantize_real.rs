@@ -282,12 +282,13 @@ fn digits_mlp_matches_onnx_runtimes_file_with_its_optimizations_on() {
 /// padded sentences, that sentinel set the Softmax input's range and attention became uniform
 /// (mean cosine 0.68, onnxruntime's quantize_static the same); calibrated on unpadded ones, a
 /// padded batch at inference was clipped to a range that never saw the mask (0.47). The mask
-/// is kept exact and the Softmax input float, so padding no longer matters: both reach what
-/// unpadded sentences get (0.89-0.90). The target of 0.95 needs more than the mask (the
-/// residual stream's outlier channel 99, about 200 against a few units elsewhere, costs the
-/// rest) and is not reached yet; the bound sits under what is.
+/// is kept exact and the Softmax input float, so padding no longer matters (0.89-0.90, what
+/// unpadded sentences got). The rest was layer 0's massive activation: channel 99 of a few
+/// delimiter tokens reaches about 200 where every other value stays within ±11, and MinMax let
+/// it set the scale of the FFN output, the residual sum and the GELU; the outlier guard clips
+/// those ranges to the bulk (0.98). The bound: 0.95 padded and unpadded.
 #[test]
-fn minilm_keeps_its_attention_mask_exact_on_padded_sentences() {
+fn minilm_keeps_its_attention_mask_exact_and_its_ranges_off_a_handful_of_outliers() {
     let model = common::require(common::cache_dir().join("models").join(cases()[2].model));
     let dir = tempfile::tempdir().unwrap();
     let sentences = |name: &str, seed: u32, pad: bool| {
@@ -300,13 +301,29 @@ fn minilm_keeps_its_attention_mask_exact_on_padded_sentences() {
         common::python_ok("model_data.py", &args);
         path
     };
-    let held = sentences("held", 1, true);
-    for (calib_name, pad) in [("calib_padded", true), ("calib_unpadded", false)] {
-        let calib = sentences(calib_name, 0, pad);
-        let out = dir.path().join(format!("{calib_name}.onnx"));
-        let report = common::quantize(&model, &calib, &out);
-        let verdict = common::check(&model, &out, &held, None);
-        assert_int8_model(calib_name, &model, &out, &report, &verdict, 0.30);
+    let held_padded = sentences("held_padded", 1, true);
+    let held_unpadded = sentences("held_unpadded", 1, false);
+    let runs = [
+        ("calib_padded", true, &held_padded, &[][..]),
+        ("calib_unpadded", false, &held_unpadded, &[][..]),
+        ("calib_unpadded", false, &held_padded, &[][..]),
+        (
+            "calib_padded",
+            true,
+            &held_padded,
+            &["--no-outlier-guard"][..],
+        ),
+    ];
+    for (calib_name, pad, held, extra) in runs {
+        let calib = dir.path().join(calib_name);
+        if !calib.exists() {
+            sentences(calib_name, 0, pad);
+        }
+        let out = dir.path().join(format!("{calib_name}{}.onnx", extra.len()));
+        let report = common::quantize_with(&model, &calib, &out, extra);
+        let verdict = common::check(&model, &out, held, None);
+        let what = format!("{calib_name} {extra:?}, held-out {}", held.display());
+        assert_int8_model(&what, &model, &out, &report, &verdict, 0.30);
         let masked: Vec<&serde_json::Value> = report["float_nodes"]
             .as_array()
             .unwrap()
@@ -319,13 +336,29 @@ fn minilm_keeps_its_attention_mask_exact_on_padded_sentences() {
             })
             .collect();
         let softmaxes = masked.iter().filter(|n| n["op_type"] == "Softmax").count();
-        assert_eq!(softmaxes, 3, "{calib_name}: {masked:?}");
+        assert_eq!(softmaxes, 3, "{what}: {masked:?}");
+        let clipped = report["clipped_ranges"].as_object().unwrap();
         let cosine = verdict["outputs"]["461"]["mean_cosine"].as_f64().unwrap();
-        eprintln!("minilm, {calib_name}, held-out padded: mean cosine {cosine:.4}");
-        assert!(
-            cosine >= 0.86,
-            "{calib_name}: mean cosine {cosine:.4} on padded sentences: {verdict}"
+        eprintln!(
+            "minilm, {what}: mean cosine {cosine:.4}, {} ranges clipped",
+            clipped.len()
         );
+        if extra.is_empty() {
+            assert!(
+                clipped
+                    .keys()
+                    .any(|t| t.contains("layer.0/output/dense/MatMul_output_0")),
+                "{what}: {clipped:?}"
+            );
+            assert!(cosine >= 0.95, "{what}: mean cosine {cosine:.4}: {verdict}");
+        } else {
+            // The switch works, and the mask alone gets what unpadded sentences got.
+            assert!(clipped.is_empty(), "{what}: {clipped:?}");
+            assert!(
+                (0.86..0.95).contains(&cosine),
+                "{what}: mean cosine {cosine:.4}"
+            );
+        }
     }
 }
 

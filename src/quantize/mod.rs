@@ -76,6 +76,8 @@ pub struct QuantizeReport {
     pub per_tensor_reason: Option<String>,
     /// Calibration: method, samples and seconds (0 when ranges were read from a file).
     pub calibration_method: String,
+    /// Ranges the outlier guard clipped (quantized tensors only), by tensor name.
+    pub clipped_ranges: BTreeMap<String, ClippedRange>,
     /// Number of calibration samples.
     pub calibration_samples: usize,
     /// Calibration wall time in seconds.
@@ -111,6 +113,15 @@ pub struct QuantizeReport {
     pub warnings: Vec<String>,
 }
 
+/// A range the outlier guard clipped ([`crate::calibrate::range::outlier_guard`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClippedRange {
+    /// The range the method gave.
+    pub calibrated: (f32, f32),
+    /// The range quantized with.
+    pub used: (f32, f32),
+}
+
 /// Below this cosine to fp32 an output has lost its meaning, not just precision.
 pub const COLLAPSE_COSINE: f64 = 0.9;
 
@@ -122,7 +133,12 @@ pub const COLLAPSE_SQNR_DB: f64 = 5.0;
 pub fn collapse_warnings(outputs: &BTreeMap<String, ErrorMetrics>) -> Vec<String> {
     outputs
         .iter()
-        .filter(|(_, m)| !(m.cosine >= COLLAPSE_COSINE && m.sqnr_db >= COLLAPSE_SQNR_DB))
+        .filter(|(_, m)| {
+            m.cosine.is_nan()
+                || m.sqnr_db.is_nan()
+                || m.cosine < COLLAPSE_COSINE
+                || m.sqnr_db < COLLAPSE_SQNR_DB
+        })
         .map(|(name, m)| {
             format!(
                 "output {name} collapsed: SQNR {:.2} dB, cosine {:.5} against fp32 (bounds \
@@ -580,6 +596,22 @@ fn run(
     clock.lap("validate and compare");
     let (quantized_ops, without_int8_kernel, float_nodes) = summarize_plan(graph, &plan);
     let warnings = collapse_warnings(&outputs);
+    let clipped_ranges = calibration
+        .ranges
+        .tensors
+        .iter()
+        .filter(|(name, _)| plan.activations.contains_key(name.as_str()))
+        .filter_map(|(name, r)| {
+            let calibrated = r.unclipped?;
+            Some((
+                name.clone(),
+                ClippedRange {
+                    calibrated,
+                    used: (r.min, r.max),
+                },
+            ))
+        })
+        .collect();
     let report = QuantizeReport {
         mode: plan_config.mode,
         seconds: clock.laps,
@@ -591,6 +623,7 @@ fn run(
         per_channel: plan_config.per_channel,
         per_tensor_reason: prepared.per_tensor_reason,
         calibration_method: calibration.method,
+        clipped_ranges,
         calibration_samples: calibration.ranges.samples,
         calibration_seconds: calibration.seconds,
         quantized_tensors: plan.activations.len(),
