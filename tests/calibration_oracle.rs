@@ -92,6 +92,8 @@ fn calibrate(model: &Path, data: &Path, method: RangeMethod, target: QuantTarget
         bins: 2048,
         threads: 2,
         progress: false,
+        // The ranges are compared with onnxruntime's calibrators, which have no guard.
+        outlier_guard: false,
     };
     calibrator.calibrate(&source, &config).unwrap()
 }

@@ -446,3 +446,52 @@ fn allow_int16_raises_sensitive_activations_to_16_bits_at_opset_21() {
     let verdict = common::check(&f, &q2, &data, None);
     assert_eq!(verdict["checker"], "ok", "{verdict}");
 }
+
+/// Issue 11: a model whose own summary shows a collapse (cosine < 0.9 or SQNR < 5 dB on an
+/// output) is written, but with a warning on stderr and in the report, not a quiet line.
+#[test]
+fn a_collapsed_output_is_a_warning_on_stderr_and_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (fixture("cnn.onnx"), fixture("cnn_calib"));
+    let report = dir.path().join("r.json");
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    // The fixture quantizes well: no warning.
+    let fine = ok(quantize(
+        &model,
+        &data,
+        &dir.path().join("fine.onnx"),
+        &["-q", "--report", s(&report)],
+    ));
+    assert!(
+        !String::from_utf8_lossy(&fine.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+    assert_eq!(read(&report)["warnings"], serde_json::json!([]));
+    // The logits pinned to a range 1000x too wide: every one rounds to the same few steps and
+    // the class probabilities flatten.
+    let overrides = dir.path().join("o.json");
+    std::fs::write(&overrides, r#"{"fc_out": {"range": [-10000, 10000]}}"#).unwrap();
+    let bad = ok(quantize(
+        &model,
+        &data,
+        &dir.path().join("bad.onnx"),
+        &["-q", "--overrides", s(&overrides), "--report", s(&report)],
+    ));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("warning: output probs collapsed"),
+        "{stderr}"
+    );
+    let v = read(&report);
+    let m = &v["outputs"]["probs"];
+    assert!(
+        m["cosine"].as_f64().unwrap() < 0.9 || m["sqnr_db"].as_f64().unwrap() < 5.0,
+        "{m}"
+    );
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{v}");
+    assert!(warnings[0].as_str().unwrap().contains("probs"), "{v}");
+}

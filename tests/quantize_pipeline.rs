@@ -50,6 +50,7 @@ fn fixtures_quantize_to_valid_int8_models_close_to_fp32() {
                 bins: 2048,
                 threads: 2,
                 progress: false,
+                outlier_guard: true,
             },
             compare_samples: 8,
             accuracy: None,

@@ -264,7 +264,7 @@ impl DataOptions {
 }
 
 /// The CLI's calibration flags: `--method`, `--percentile`, `--bins`, `--activations`,
-/// `--threads` and `--quiet` (here `progress`).
+/// `--threads`, `--quiet` (here `progress`) and `--no-outlier-guard` (here `outlier_guard`).
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct CalibOptions {
@@ -274,6 +274,7 @@ struct CalibOptions {
     activations: String,
     threads: Option<usize>,
     progress: bool,
+    outlier_guard: bool,
 }
 
 impl Default for CalibOptions {
@@ -285,6 +286,7 @@ impl Default for CalibOptions {
             activations: "u8".into(),
             threads: None,
             progress: true,
+            outlier_guard: true,
         }
     }
 }
@@ -314,6 +316,7 @@ impl CalibOptions {
             bins: self.bins,
             threads: self.threads.unwrap_or_else(default_threads).max(1),
             progress: self.progress,
+            outlier_guard: self.outlier_guard,
         })
     }
 

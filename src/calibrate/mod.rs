@@ -37,6 +37,9 @@ pub struct CalibrationConfig {
     pub threads: usize,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Clip a range that a handful of values stretch (see [`range::outlier_guard`]); needs a
+    /// histogram, collected for it whatever the method.
+    pub outlier_guard: bool,
 }
 
 /// The calibrated range of one tensor, as written to `ranges.json`.
@@ -57,6 +60,9 @@ pub struct TensorRange {
     /// Histogram summary, for histogram methods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histogram: Option<HistogramSummary>,
+    /// The range the method gave, when the outlier guard clipped it to `min`..`max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclipped: Option<(f32, f32)>,
 }
 
 /// Calibration results for a model: the calibration cache `quantize --ranges` reads back.
@@ -158,7 +164,7 @@ impl Calibrator {
         source.check_all()?;
         let start = Instant::now();
         let bar = progress_bar(source.len(), config.progress);
-        let bins = config.method.needs_histogram().then_some(config.bins);
+        let bins = (config.method.needs_histogram() || config.outlier_guard).then_some(config.bins);
         let (stats, kept) = self.observer.run_keeping_outputs(
             source,
             bins,
@@ -194,6 +200,15 @@ pub fn ranges_from_stats(
             &config.target,
         )
         .map_err(|e| Error::Model(format!("tensor '{name}': {e}")))?;
+        let clipped = s
+            .histogram
+            .as_ref()
+            .filter(|_| config.outlier_guard)
+            .and_then(|h| range::outlier_guard((min, max), h));
+        let (min, max, unclipped) = match clipped {
+            Some((lo, hi)) => (lo, hi, Some((min, max))),
+            None => (min, max, None),
+        };
         tensors.insert(
             name.clone(),
             TensorRange {
@@ -203,7 +218,12 @@ pub fn ranges_from_stats(
                 observed_max: s.minmax.max,
                 count: s.minmax.count,
                 non_finite: s.minmax.non_finite,
-                histogram: s.histogram.as_ref().map(Histogram::summary),
+                histogram: s
+                    .histogram
+                    .as_ref()
+                    .filter(|_| config.method.needs_histogram())
+                    .map(Histogram::summary),
+                unclipped,
             },
         );
     }

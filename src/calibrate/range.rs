@@ -234,6 +234,33 @@ pub fn compute_range(
     Ok(finalize(lo, hi, min, max))
 }
 
+/// Share of the values, at each end, that the outlier guard takes as the edge of the bulk.
+pub const OUTLIER_SHARE: f64 = 1e-3;
+
+/// How many times wider than its bulk a range must be before the guard clips it: 8x wastes 3
+/// of uint8's 8 bits on the few values beyond the bulk.
+pub const OUTLIER_STRETCH: f64 = 8.0;
+
+/// The outlier guard: when the values beyond the bulk ([`OUTLIER_SHARE`] of them at either
+/// end) stretch the calibrated range `range` more than [`OUTLIER_STRETCH`] times the bulk's
+/// width, the range clipped on the stretched side(s) to twice the bulk's edge (the margin
+/// keeps the bulk's own tail); `None` otherwise. Both ranges include zero, as the quantization
+/// parameters do. A transformer's massive activations (one channel of the delimiter tokens,
+/// 20x every other value: a share of the values that depends on the sentence lengths) or a
+/// sentinel on a few positions would otherwise set the scale, and every other value would
+/// round to a few steps.
+pub fn outlier_guard(range: (f32, f32), histogram: &Histogram) -> Option<(f32, f32)> {
+    let bulk_lo = f64::from(histogram.quantile(OUTLIER_SHARE)?).min(0.0);
+    let bulk_hi = f64::from(histogram.quantile(1.0 - OUTLIER_SHARE)?).max(0.0);
+    let (lo, hi) = (f64::from(range.0).min(0.0), f64::from(range.1).max(0.0));
+    let bulk = bulk_hi - bulk_lo;
+    if bulk <= 0.0 || hi - lo <= OUTLIER_STRETCH * bulk {
+        return None;
+    }
+    let (lo, hi) = (lo.max(2.0 * bulk_lo), hi.min(2.0 * bulk_hi));
+    Some((lo as f32, hi as f32))
+}
+
 /// Clamps a method's range to the data and applies the degenerate-tensor rules.
 fn finalize(lo: f64, hi: f64, min: f32, max: f32) -> (f32, f32) {
     let min = f64::from(min.clamp(-RANGE_LIMIT, RANGE_LIMIT));
@@ -273,6 +300,31 @@ mod tests {
         let mut h = Histogram::new(256);
         h.observe(values);
         (m, h)
+    }
+
+    #[test]
+    fn the_outlier_guard_clips_a_handful_of_far_values_only() {
+        // 20 000 values in [-1, 1] and 10 at 200 (a massive activation on a few tokens).
+        let bulk: Vec<f32> = (0..20_000).map(|i| (i as f32 / 10_000.0) - 1.0).collect();
+        let mut values = bulk.clone();
+        values.extend([200.0; 10]);
+        let (m, h) = stats(&values);
+        let (lo, hi) = outlier_guard((m.min, m.max), &h).expect("clipped");
+        // The low side is not stretched and keeps its extreme; the high one gets twice the
+        // bulk's edge.
+        assert_eq!(lo, -1.0);
+        assert!((1.9..=2.1).contains(&hi), "{hi}");
+        // Without the far values, or with a tail of 1 % (not a handful), nothing is clipped.
+        let (m, h) = stats(&bulk);
+        assert_eq!(outlier_guard((m.min, m.max), &h), None);
+        let mut tail = bulk.clone();
+        tail.extend([200.0; 200]);
+        let (m, h) = stats(&tail);
+        assert_eq!(outlier_guard((m.min, m.max), &h), None);
+        // A wide but even spread is not an outlier either.
+        let even: Vec<f32> = (0..20_000).map(|i| i as f32 / 100.0).collect();
+        let (m, h) = stats(&even);
+        assert_eq!(outlier_guard((m.min, m.max), &h), None);
     }
 
     fn all_methods() -> [RangeMethod; 5] {

@@ -28,6 +28,11 @@ pub struct CalibArgs {
     /// Histogram bins for percentile, entropy and mse.
     #[arg(long, default_value_t = onnx_ptq::calibrate::observer::DEFAULT_BINS)]
     pub bins: usize,
+    /// Keep every range as the method gives it, even when a handful of values (at most 1 in
+    /// 10^4 at either end) stretch it more than 8x beyond the bulk of the values; by default
+    /// such a range is clipped to the bulk and the summary lists the tensors clipped.
+    #[arg(long)]
+    pub no_outlier_guard: bool,
     /// Activation type the ranges are searched for: u8 (asymmetric) or s8 (symmetric).
     #[arg(long, default_value = "u8", value_parser = ["u8", "s8"])]
     pub activations: String,
@@ -160,6 +165,7 @@ impl CalibArgs {
             bins: self.bins,
             threads: self.threads.max(1),
             progress: !self.quiet,
+            outlier_guard: !self.no_outlier_guard,
         })
     }
 

@@ -403,6 +403,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
             pending.commit()?;
             print::quantize_summary(&summary, &written.path);
+            print::warnings(&summary);
             Ok(match &summary.accuracy {
                 Some(a) if !a.met => Outcome::Failed,
                 _ => Outcome::Ok,

@@ -72,9 +72,6 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
             r.node, r.error
         );
     }
-    for w in &s.warnings {
-        eprintln!("warning: {w}");
-    }
     let mut t = String::new();
     let _ = writeln!(t, "wrote {}", written.display());
     let _ = writeln!(
@@ -126,6 +123,23 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
             "calibration: {} on {} samples in {:.2} s",
             s.calibration_method, s.calibration_samples, s.calibration_seconds
         );
+        if !s.clipped_ranges.is_empty() {
+            let _ = writeln!(
+                t,
+                "ranges: {} clipped to the bulk of their values, which a handful of values \
+                 stretched over 8x (--no-outlier-guard keeps them; all in --report): {}",
+                s.clipped_ranges.len(),
+                s.clipped_ranges
+                    .iter()
+                    .take(3)
+                    .map(|(name, c)| format!(
+                        "{name} [{:.3}, {:.3}] -> [{:.3}, {:.3}]",
+                        c.calibrated.0, c.calibrated.1, c.used.0, c.used.1
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let _ = writeln!(
             t,
             "quantized: {} tensors; nodes: {}; {} weights int8, {} biases int32",
@@ -190,6 +204,13 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         );
     }
     out(&t);
+}
+
+/// The report's warnings, on stderr: they must be seen even when stdout goes to a file.
+pub fn warnings(s: &QuantizeReport) {
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// One line of the watched outputs' figures.

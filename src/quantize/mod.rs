@@ -78,6 +78,8 @@ pub struct QuantizeReport {
     pub per_tensor_reason: Option<String>,
     /// Calibration: method, samples and seconds (0 when ranges were read from a file).
     pub calibration_method: String,
+    /// Ranges the outlier guard clipped (quantized tensors only), by tensor name.
+    pub clipped_ranges: BTreeMap<String, ClippedRange>,
     /// Number of calibration samples.
     pub calibration_samples: usize,
     /// Calibration wall time in seconds.
@@ -107,13 +109,52 @@ pub struct QuantizeReport {
     /// quantized (also listed in `float_nodes`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repaired: Vec<repair::RepairedNode>,
-    /// What the user should know about the written model (also printed on stderr).
-    pub warnings: Vec<String>,
     /// Wall time of each stage, in seconds.
     pub seconds: BTreeMap<String, f64>,
     /// The accuracy search, when bounds were given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<AccuracyReport>,
+    /// Problems the user must see: an output whose figures in [`QuantizeReport::outputs`]
+    /// show a collapse (see [`collapse_warnings`]), a model tract cannot run written in
+    /// dynamic mode instead.
+    pub warnings: Vec<String>,
+}
+
+/// A range the outlier guard clipped ([`crate::calibrate::range::outlier_guard`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClippedRange {
+    /// The range the method gave.
+    pub calibrated: (f32, f32),
+    /// The range quantized with.
+    pub used: (f32, f32),
+}
+
+/// Below this cosine to fp32 an output has lost its meaning, not just precision.
+pub const COLLAPSE_COSINE: f64 = 0.9;
+
+/// Below this SQNR (dB) the quantization noise is about a third of the signal's power.
+pub const COLLAPSE_SQNR_DB: f64 = 5.0;
+
+/// One warning per output whose cosine is below [`COLLAPSE_COSINE`] or whose SQNR is below
+/// [`COLLAPSE_SQNR_DB`] (a NaN figure counts as a collapse).
+pub fn collapse_warnings(outputs: &BTreeMap<String, ErrorMetrics>) -> Vec<String> {
+    outputs
+        .iter()
+        .filter(|(_, m)| {
+            m.cosine.is_nan()
+                || m.sqnr_db.is_nan()
+                || m.cosine < COLLAPSE_COSINE
+                || m.sqnr_db < COLLAPSE_SQNR_DB
+        })
+        .map(|(name, m)| {
+            format!(
+                "output {name} collapsed: SQNR {:.2} dB, cosine {:.5} against fp32 (bounds \
+                 {COLLAPSE_SQNR_DB} dB, {COLLAPSE_COSINE}); the int8 model is not a faithful \
+                 copy: try --method entropy, --min-cosine, or keep the worst tensors float",
+                m.sqnr_db, m.cosine
+            )
+        })
+        .collect()
 }
 
 /// A failpoint for the self-repair tests: with `ONNX_PTQ_FAILPOINT_UNRUNNABLE_OP=Op`, the
@@ -635,6 +676,23 @@ fn run(
         other => other?,
     };
     let (quantized_ops, without_int8_kernel, float_nodes) = summarize_plan(graph, &plan);
+    warnings.extend(collapse_warnings(&outputs));
+    let clipped_ranges = calibration
+        .ranges
+        .tensors
+        .iter()
+        .filter(|(name, _)| plan.activations.contains_key(name.as_str()))
+        .filter_map(|(name, r)| {
+            let calibrated = r.unclipped?;
+            Some((
+                name.clone(),
+                ClippedRange {
+                    calibrated,
+                    used: (r.min, r.max),
+                },
+            ))
+        })
+        .collect();
     let report = QuantizeReport {
         mode: plan_config.mode,
         seconds: clock.laps,
@@ -646,6 +704,7 @@ fn run(
         per_channel: plan_config.per_channel,
         per_tensor_reason: prepared.per_tensor_reason,
         calibration_method: calibration.method,
+        clipped_ranges,
         calibration_samples: calibration.ranges.samples,
         calibration_seconds: calibration.seconds,
         quantized_tensors: plan.activations.len(),
@@ -659,8 +718,8 @@ fn run(
         compared_samples: samples.compare.as_ref().map_or(0, DataSource::len),
         execution_check,
         repaired,
-        warnings,
         accuracy: accuracy_report,
+        warnings,
     };
     Ok((quantized, report))
 }

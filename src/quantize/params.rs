@@ -101,6 +101,28 @@ impl ActParams {
         self.ty.qrange()
     }
 
+    /// The same parameters with the scale lowered by the few ulps it takes for `1 / scale`,
+    /// evaluated in f32, to reach the integer it approximates (255 for `[0, 1]` in uint8).
+    /// ONNX Runtime's QLinearSoftmax requantizes by `floor(1 / y_scale)`: the f32 nearest
+    /// 1/255 lies above it, the floor gives 254, and every probability comes out 254/255 of
+    /// its value (digits MLP: 42.9 instead of 44.2 dB). A calibrated range ending just below
+    /// 1.0 never hits this, which is why ONNX Runtime's own files did not.
+    pub fn with_integer_reciprocal(self) -> ActParams {
+        let want = (1.0 / self.scale as f64).round();
+        if ((1.0 / self.scale as f64) - want).abs() > 1e-4 * want {
+            return self;
+        }
+        let mut scale = self.scale;
+        // A handful of steps at most: each ulp moves 1/scale by about want * 6e-8.
+        for _ in 0..8 {
+            if (1.0 / scale).floor() >= want as f32 {
+                return ActParams { scale, ..self };
+            }
+            scale = f32::from_bits(scale.to_bits() - 1);
+        }
+        self
+    }
+
     /// Whether the quantized values can represent no negative number, so that a following
     /// Relu is a no-op.
     pub fn clamps_negatives(&self) -> bool {
@@ -299,6 +321,34 @@ mod tests {
         assert_eq!((p.zero_point, p.scale), (0, 2.0 / 32767.0));
         let p = ActParams::symmetric(-1.0, 0.5, ActType::U16);
         assert_eq!(p.zero_point, 32768);
+    }
+
+    #[test]
+    fn probability_scales_have_an_exact_integer_reciprocal_in_f32() {
+        for ty in [ActType::U8, ActType::S8, ActType::U16, ActType::S16] {
+            let plain = ActParams::from_range(0.0, 1.0, ty);
+            let p = plain.with_integer_reciprocal();
+            let steps = if ty.is_signed() {
+                ty.qrange().1
+            } else {
+                ty.qrange().1 - ty.qrange().0
+            };
+            // What ONNX Runtime's QLinearSoftmax computes from the scale.
+            assert_eq!((1.0f32 / p.scale).floor(), steps as f32, "{ty:?}");
+            assert!(
+                p.scale <= plain.scale && p.scale >= plain.scale * (1.0 - 1e-6),
+                "{ty:?}"
+            );
+            assert_eq!(p.zero_point, plain.zero_point);
+        }
+        // The f32 nearest 1/255 is above it: the case that needs the nudge.
+        assert_eq!(
+            (1.0f32 / ActParams::from_range(0.0, 1.0, ActType::U8).scale).floor(),
+            254.0
+        );
+        // A scale far from any reciprocal of an integer is left alone.
+        let p = ActParams::from_range(-1.3, 2.9, ActType::U8);
+        assert_eq!(p.with_integer_reciprocal(), p);
     }
 
     #[test]

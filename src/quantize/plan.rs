@@ -4,12 +4,14 @@
 //! It only decides; [`super::rewrite`] changes the graph.
 
 mod dynamic;
+mod mask;
 mod weight_only;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 pub use dynamic::{DynamicMatMul, DynamicUse, WeightFormat};
+pub use mask::AdditiveMask;
 pub use weight_only::{Hessians, WeightForm, WeightOnlyConfig, WeightOnlyKind, WeightOnlyUse};
 
 use super::params::{ActParams, ActType};
@@ -178,6 +180,8 @@ pub enum FloatReason {
     InputFromFloatOp(String),
     /// The mode cannot quantize this op (or this use of it), with why.
     Unsupported(&'static str),
+    /// Reads or writes an additive attention mask or the masked scores (see [`AdditiveMask`]).
+    AdditiveMask(String),
 }
 
 impl FloatReason {
@@ -203,6 +207,9 @@ impl FloatReason {
                 "no int8 kernel, and its input comes from a float op"
             }
             FloatReason::Unsupported(why) => why,
+            FloatReason::AdditiveMask(_) => {
+                "carries an additive attention mask (kept exact, Softmax input left float)"
+            }
         }
     }
 }
@@ -221,6 +228,9 @@ impl fmt::Display for FloatReason {
             FloatReason::WeightNotConstant(t) => write!(f, "weight '{t}' is not a float constant"),
             FloatReason::InputNotQuantized(i) => write!(f, "input {i} is not quantized"),
             FloatReason::InputFromFloatOp(t) => write!(f, "'{t}' comes from a float op"),
+            FloatReason::AdditiveMask(t) => {
+                write!(f, "'{t}' carries an additive attention mask, kept float")
+            }
             other => f.write_str(other.kind()),
         }
     }
@@ -248,6 +258,17 @@ pub struct Plan {
     pub weight_only: Vec<WeightOnlyUse>,
     /// Weight-only mode: GPTQ's input statistics.
     pub weight_only_hessians: Hessians,
+    /// Static mode: the additive attention masks found, whose tensors stay float.
+    pub masks: Vec<AdditiveMask>,
+}
+
+impl Plan {
+    /// Whether `tensor` is a mask or masked scores of [`Plan::masks`].
+    fn carries_mask(&self, tensor: &str) -> bool {
+        self.masks
+            .iter()
+            .any(|m| m.mask == tensor || m.scores == tensor)
+    }
 }
 
 /// Decides what to quantize in `graph` (the main graph; subgraphs stay float), in the
@@ -267,7 +288,16 @@ pub fn plan(
         Mode::WeightOnly => return weight_only::plan(&index, &order, config),
         Mode::Static => {}
     }
-    let mut p = Plan::default();
+    let mut p = Plan {
+        // A user's range or type for the scores or the mask is a decision already made.
+        masks: mask::additive_masks(&index, range)
+            .into_iter()
+            .filter(|m| {
+                !config.overrides.contains_key(&m.mask) && !config.overrides.contains_key(&m.scores)
+            })
+            .collect(),
+        ..Plan::default()
+    };
     for &n in &order {
         let node = &graph.node[n];
         match decide(&index, node, n, config, range, &p) {
@@ -360,16 +390,23 @@ fn decide(
     let kept_float = |t: &str| {
         config.fallback.tensors.contains(t) || config.overrides.get(t).is_some_and(|o| o.keep_float)
     };
-    if let Some(t) = node
-        .input
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| rule_for(node.op_type()).is_some_and(|r| r.input(*i) == InputRole::Act))
-        .map(|(_, t)| t)
-        .chain(node.output.iter())
-        .find(|t| !t.is_empty() && kept_float(t))
-    {
+    // The activations the node would quantize: its activation inputs and its outputs.
+    let activations = || {
+        node.input
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                rule_for(node.op_type()).is_some_and(|r| r.input(*i) == InputRole::Act)
+            })
+            .map(|(_, t)| t)
+            .chain(node.output.iter())
+            .filter(|t| !t.is_empty())
+    };
+    if let Some(t) = activations().find(|t| kept_float(t)) {
         return Err(FloatReason::KeepsTensorFloat(t.clone()));
+    }
+    if let Some(t) = activations().find(|t| so_far.carries_mask(t)) {
+        return Err(FloatReason::AdditiveMask(t.clone()));
     }
     if matches!(node.op_type(), "QuantizeLinear" | "DequantizeLinear")
         || node.input.iter().any(|i| {
@@ -512,7 +549,7 @@ fn decide(
             OutputRole::FixedRange(lo, hi) => {
                 let o = config.overrides.get(out.as_str());
                 let (lo, hi) = o.and_then(|o| o.range).unwrap_or((lo, hi));
-                params_for(lo, hi, config, o)
+                params_for(lo, hi, config, o).with_integer_reciprocal()
             }
         };
         d.params.push((out.clone(), params));

@@ -188,6 +188,31 @@ pub fn quantize(model: &Path, calib: &Path, out: &Path) -> serde_json::Value {
     quantize_with(model, calib, out, &[])
 }
 
+/// `check`'s verdict with `quantized` run under onnxruntime's default optimizations (its fused
+/// int8 kernels) instead of none.
+pub fn check_optimized(float: &Path, quantized: &Path, held_out: &Path) -> serde_json::Value {
+    let args = [
+        float.to_str().unwrap(),
+        quantized.to_str().unwrap(),
+        held_out.to_str().unwrap(),
+        "--optimized",
+    ];
+    serde_json::from_str(python_ok("quant_check.py", &args).trim()).unwrap()
+}
+
+/// onnxruntime's `quantize_static` of `float` on `calib` (a .npy or a folder of .npz) with the
+/// bench's recipe (QDQ, per-channel, MinMax, U8/S8), written to `out`.
+pub fn ort_quantize_static(float: &Path, calib: &Path, out: &Path) {
+    python_ok(
+        "ort_static.py",
+        &[
+            float.to_str().unwrap(),
+            calib.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+}
+
 /// The reference tools' verdict on `quantized`, over the held-out samples.
 pub fn check(
     float: &Path,

@@ -1,13 +1,15 @@
 """Checks a quantized model against its float original with the reference tools.
 
 Usage: quant_check.py FLOAT.onnx QUANT.onnx DATA_DIR [--labels LABELS.json] [--label-output NAME]
+                      [--optimized]
 
 Prints one JSON object:
   checker    "ok" or the error of onnx.checker.check_model(full_check=True)
   outputs    per float model output: sqnr_db, cosine (all samples pooled), mean_cosine (mean
              of each sample's cosine), max_abs, and top1_agreement for
              [N, C] outputs with C >= 2, computed over every DATA_DIR/*.npz sample with
-             onnxruntime, all graph optimizations off (reference values)
+             onnxruntime, all graph optimizations off (reference values); with --optimized
+             QUANT runs with onnxruntime's default optimizations (its fused int8 kernels)
   accuracy   {"float": a, "quant": b} when --labels is given: fraction of rows whose
              --label-output (default: the first output; an int output is taken as the
              label, a float [N, C] output by arg-max) equals the label; LABELS.json holds one
@@ -36,6 +38,7 @@ ap.add_argument("quant_model")
 ap.add_argument("data")
 ap.add_argument("--labels")
 ap.add_argument("--label-output")
+ap.add_argument("--optimized", action="store_true")
 args = ap.parse_args()
 
 try:
@@ -47,7 +50,8 @@ except Exception as e:  # noqa: BLE001 - any checker failure is reported, not ra
 plain = ort.SessionOptions()
 plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 f = ort.InferenceSession(args.float_model, plain, providers=["CPUExecutionProvider"])
-q = ort.InferenceSession(args.quant_model, plain, providers=["CPUExecutionProvider"])
+q = ort.InferenceSession(args.quant_model, ort.SessionOptions() if args.optimized else plain,
+                         providers=["CPUExecutionProvider"])
 names = [o.name for o in f.get_outputs()]
 files = sorted(glob.glob(os.path.join(args.data, "*.npz")))
 if not files:
