@@ -246,7 +246,7 @@ impl DataSource {
                 "the model has no inputs to feed calibration data to",
             ));
         }
-        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let meta = crate::onnx::require_readable_file(path)?;
         let kind = match kind {
             Some(kind) => kind,
             None => detect(path, meta.is_dir())?,

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::plan::eval;
 use tract_onnx::tract_hir::infer::InferenceFact;
 
 use super::data::{DataSource, InputSpec};
@@ -197,6 +196,7 @@ impl Observer {
         let typed = inference
             .into_typed()
             .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+        crate::engine::check_memory(&typed)?;
         let mut watch: Vec<Vec<Option<usize>>> = typed
             .nodes()
             .iter()
@@ -347,7 +347,7 @@ impl Observer {
         guard(&label, || {
             state
                 .run_plan_with_eval(inputs, |ctx, op_state, node, ins| {
-                    let outs = eval(ctx, op_state, node, ins)?;
+                    let outs = crate::engine::eval_node(ctx, op_state, node, ins)?;
                     if !observe {
                         return Ok::<_, anyhow::Error>(outs);
                     }
