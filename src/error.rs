@@ -133,9 +133,6 @@ pub enum Error {
         /// Each error finding, naming the node or tensor.
         findings: Vec<String>,
     },
-    /// Running the model at these shapes would need more memory than the budget allows.
-    #[error("{0}")]
-    OverBudget(String),
 }
 
 impl Error {

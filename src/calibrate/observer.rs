@@ -21,7 +21,7 @@ pub const DEFAULT_MOMENTUM: f32 = 0.01;
 const SLOTS_PER_BIN: usize = 4;
 
 /// Upper limit of the requested resolution (32 MiB of counts per histogram).
-const MAX_BINS: usize = 1 << 20;
+pub const MAX_BINS: usize = 1 << 20;
 
 /// The finest bin width is 2^-149, the spacing of f32 subnormals: every f32 is a whole multiple
 /// of it, so nothing is lost by never going finer.

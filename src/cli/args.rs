@@ -25,9 +25,10 @@ pub struct CalibArgs {
     /// Percentile for --method percentile.
     #[arg(long, default_value_t = 99.999)]
     pub percentile: f64,
-    /// Histogram bins for percentile, entropy and mse.
-    #[arg(long, default_value_t = onnx_ptq::calibrate::observer::DEFAULT_BINS)]
-    pub bins: usize,
+    /// Histogram bins for percentile, entropy and mse (default 2048; at least the number of
+    /// quantization levels, 256).
+    #[arg(long)]
+    pub bins: Option<usize>,
     /// Activation type the ranges are searched for: u8 (asymmetric) or s8 (symmetric).
     #[arg(long, default_value = "u8", value_parser = ["u8", "s8"])]
     pub activations: String,
@@ -121,6 +122,23 @@ impl DataArgs {
         Ok(p)
     }
 
+    /// The image preprocessing flags given, by their spelling.
+    fn image_flags(&self) -> Vec<&'static str> {
+        [
+            ("--preset", self.preset.is_some()),
+            ("--size", self.size.is_some()),
+            ("--resize", self.resize.is_some()),
+            ("--channels", self.channels.is_some()),
+            ("--scale", self.scale.is_some()),
+            ("--mean", self.mean.is_some()),
+            ("--std", self.std.is_some()),
+            ("--layout", self.layout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
     /// Opens the data at `path` for a model with these inputs.
     pub fn open(
         &self,
@@ -128,13 +146,18 @@ impl DataArgs {
         inputs: &[onnx_ptq::calibrate::InputSpec],
     ) -> Result<DataSource> {
         let image = self.image_preprocess()?;
-        Ok(DataSource::open(
-            path,
-            self.data_kind,
-            inputs,
-            Some(&image),
-            self.samples,
-        )?)
+        let source = DataSource::open(path, self.data_kind, inputs, Some(&image), self.samples)?;
+        let image_flags = self.image_flags();
+        if source.kind() != onnx_ptq::calibrate::SourceKind::Images && !image_flags.is_empty() {
+            return Err(onnx_ptq::Error::Usage(format!(
+                "{} apply to image data, but {} holds {} data",
+                image_flags.join(", "),
+                path.display(),
+                source.kind()
+            ))
+            .into());
+        }
+        Ok(source)
     }
 }
 
@@ -154,17 +177,35 @@ impl CalibArgs {
             "s8" => QuantTarget::S8_SYMMETRIC,
             _ => QuantTarget::U8,
         };
-        Ok(CalibrationConfig {
+        if self.bins.is_some() && !method.needs_histogram() {
+            eprintln!(
+                "warning: --bins ignored: --method {} uses no histogram",
+                method.name()
+            );
+        }
+        let config = CalibrationConfig {
             method,
             target,
-            bins: self.bins,
-            threads: self.threads.max(1),
+            bins: self
+                .bins
+                .unwrap_or(onnx_ptq::calibrate::observer::DEFAULT_BINS),
+            threads: self.threads,
             progress: !self.quiet,
-        })
+        };
+        config.check()?;
+        Ok(config)
     }
 
     /// Opens the calibration data for a model with these inputs, `None` when none was given.
     pub fn open(&self, inputs: &[onnx_ptq::calibrate::InputSpec]) -> Result<Option<DataSource>> {
+        let image_flags = self.data.image_flags();
+        if self.calib.is_none() && !image_flags.is_empty() {
+            return Err(onnx_ptq::Error::Usage(format!(
+                "{} apply to image calibration data, and no --calib was given",
+                image_flags.join(", ")
+            ))
+            .into());
+        }
         self.calib
             .as_ref()
             .map(|path| self.data.open(path, inputs))

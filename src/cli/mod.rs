@@ -220,6 +220,7 @@ fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>> {
 }
 
 fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
+    onnx_ptq::onnx::require_readable_file(path)?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| {
         format!(
@@ -231,6 +232,9 @@ fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<Outcome> {
+    // A malformed budget is a usage error, reported before any work rather than by the first
+    // tract run.
+    onnx_ptq::memory::Budget::from_environment().map_err(onnx_ptq::Error::Usage)?;
     match cli.command {
         Command::Quantize {
             model,
@@ -369,6 +373,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 plan.output("--json", p);
             }
             check_outputs(&plan)?;
+            let compare_config = CompareConfig {
+                per_layer,
+                latency_runs,
+            };
+            compare_config.check()?;
             let bounds = bounds.bounds()?;
             let a = Model::load(&float)?;
             let b = Model::load(&int8)?;
@@ -379,15 +388,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             .inputs("an external-data file of the int8 model", &b.external_files)
             .check()?;
             let source = data_args.open(&data, &InputSpec::of_model(&a.proto)?)?;
-            let report = compare_models(
-                &a.proto,
-                &b.proto,
-                &source,
-                &CompareConfig {
-                    per_layer,
-                    latency_runs,
-                },
-            )?;
+            let report = compare_models(&a.proto, &b.proto, &source, &compare_config)?;
             let violations = if bounds.is_empty() {
                 Vec::new()
             } else {
@@ -471,6 +472,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 dims: dims.into_iter().collect::<BTreeMap<_, _>>(),
                 default_dim,
             };
+            options.check(&loaded.proto)?;
             let report = validate::validate(&loaded.proto, (!no_exec).then_some(&options));
             if json {
                 let value = serde_json::json!({
