@@ -48,6 +48,25 @@ impl Budget {
     }
 }
 
+/// Refuses to allocate `count` elements of `element_size` bytes for `what` when they overflow or
+/// exceed the budget; the message names `what` and both sizes.
+pub fn check_allocation(count: u64, element_size: u64, what: &str) -> Result<(), String> {
+    let bytes = count.checked_mul(element_size);
+    let budget = Budget::from_environment()?;
+    match (bytes, budget) {
+        (Some(bytes), Some(budget)) if bytes > budget.bytes => Err(format!(
+            "{what} needs {} of memory, more than the budget of {} ({})",
+            Bytes(bytes),
+            Bytes(budget.bytes),
+            budget.source
+        )),
+        (None, _) => Err(format!(
+            "{what} needs {count} elements of {element_size} bytes, which overflows"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `MemAvailable` of a `/proc/meminfo` text, in bytes.
 fn mem_available(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;

@@ -243,6 +243,61 @@ fn validate_with_huge_dims_is_refused_before_running() {
 }
 
 #[test]
+fn inputs_sized_by_flags_or_model_dims_are_checked_before_allocating() {
+    let (dir, _) = generated(4);
+    let image_model = dir.path().join("image_model.onnx");
+    let images = dir.path().join("images");
+    let ranges = dir.path().join("r.json");
+    let calibrate = |size: &str| {
+        run_env(
+            &[
+                "calibrate",
+                s(&image_model),
+                "--calib",
+                s(&images),
+                "--size",
+                size,
+                "-o",
+                s(&ranges),
+            ],
+            &[("ONNX_PTQ_MEMORY_BUDGET", "1G")],
+            60,
+        )
+    };
+    expect(
+        &calibrate("100000x100000"),
+        2,
+        &["an image input of 100000x100000", "memory"],
+    );
+    expect(&calibrate("16x16"), 0, &[]);
+    // Without data, quantize checks its result on zeros of the input's static shape.
+    let wide = dir.path().join("wide_input.onnx");
+    let budget = [("ONNX_PTQ_MEMORY_BUDGET", "16M")];
+    let r = run_env(
+        &[
+            "quantize",
+            s(&wide),
+            "--mode",
+            "dynamic",
+            "-o",
+            s(&dir.path().join("q.onnx")),
+        ],
+        &budget,
+        60,
+    );
+    expect(
+        &r,
+        2,
+        &[
+            "a zero sample for input 'x' of shape [100000, 64]",
+            "memory",
+        ],
+    );
+    let r = run_env(&["validate", s(&wide)], &budget, 60);
+    expect(&r, 1, &["the synthetic input 'x' of shape [100000, 64]"]);
+}
+
+#[test]
 fn an_unreadable_budget_is_an_error() {
     let r = run_env(
         &["validate", s(&fixture("cnn.onnx"))],

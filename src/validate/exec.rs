@@ -94,6 +94,11 @@ fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, St
                  (at most {MAX_INPUT_ELEMENTS} elements): set its symbolic dims with --dim"
             ));
         }
+        crate::memory::check_allocation(
+            n.unwrap_or(u64::MAX),
+            dt.size_of() as u64,
+            &format!("the synthetic input '{name}' of shape {shape:?}"),
+        )?;
         inference
             .set_input_fact(slot, InferenceFact::dt_shape(dt, shape.clone()))
             .map_err(|e| format!("input '{name}': {e:#}"))?;

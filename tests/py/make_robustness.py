@@ -7,6 +7,8 @@ Usage: make_robustness.py OUTDIR [TILE_REPEATS]
 - tile_calib/sample.npz: one sample for it.
 - attention.onnx: x[batch, seq, 8] -> MatMul(x, xT) -> Softmax: memory grows with seq².
 - int_div.onnx: a / b on int32 inputs; tract divides zeros by zero (a panic inside it).
+- image_model.onnx with images/photo.png; wide_input.onnx, a 100000 x 64 static input.
+- empty_batch/sample.npz: a sample of fixtures/cnn.onnx with a batch of 0.
 - invalid/*.onnx: models that ONNX Runtime or the ONNX checker refuses, one defect each; the
   listing on stdout is "<file> <keyword our message must contain>".
 """
@@ -149,3 +151,32 @@ listed(
 # A calibration sample for fixtures/cnn.onnx (x[N, 3, 32, 32]) with an empty batch.
 os.makedirs(os.path.join(OUT, "empty_batch"), exist_ok=True)
 np.savez(os.path.join(OUT, "empty_batch", "sample.npz"), x=np.zeros((0, 3, 32, 32), np.float32))
+
+# An image-input model with a symbolic size, and one small photo-like image for it.
+save(
+    os.path.join(OUT, "image_model.onnx"),
+    model(
+        [helper.make_node("Relu", ["image"], ["y"], name="relu")],
+        [vi("image", [1, 3, "height", "width"])],
+        [vi("y", None)],
+    ),
+)
+os.makedirs(os.path.join(OUT, "images"), exist_ok=True)
+from PIL import Image  # noqa: E402  (only this part needs it)
+
+Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+    os.path.join(OUT, "images", "photo.png")
+)
+
+# A static input of 100000 x 64 floats (24.4 MiB) for a MatMul dynamic mode quantizes: without
+# data, quantize checks the result on a sample of zeros of that size.
+w = numpy_helper.from_array(np.ones((64, 4), np.float32), "w")
+save(
+    os.path.join(OUT, "wide_input.onnx"),
+    model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],
+        [vi("x", [100000, 64])],
+        [vi("y", [100000, 4])],
+        [w],
+    ),
+)
