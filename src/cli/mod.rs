@@ -319,18 +319,20 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 !allow_int16 || accuracy.is_some(),
                 "--allow-int16 applies to the accuracy search: give a bound (--min-sqnr, --min-cosine or --max-top1-drop)"
             );
+            let plan_config = PlanConfig {
+                mode,
+                reduce_range,
+                weight_only,
+                activations: calib.act_type(),
+                per_channel: !per_tensor,
+                exclude_nodes: exclude_nodes.into_iter().collect(),
+                exclude_op_types: exclude_op_types.into_iter().collect(),
+                overrides: overrides.unwrap_or_default(),
+                fallback: Default::default(),
+            };
+            onnx_ptq::quantize::check_exclusions(&loaded.proto, &plan_config)?;
             let config = QuantizeConfig {
-                plan: PlanConfig {
-                    mode,
-                    reduce_range,
-                    weight_only,
-                    activations: calib.act_type(),
-                    per_channel: !per_tensor,
-                    exclude_nodes: exclude_nodes.into_iter().collect(),
-                    exclude_op_types: exclude_op_types.into_iter().collect(),
-                    overrides: overrides.unwrap_or_default(),
-                    fallback: Default::default(),
-                },
+                plan: plan_config,
                 calibration,
                 compare_samples: compare_samples as usize,
                 accuracy,

@@ -166,8 +166,10 @@ fn validate_in_tract(quantized: &ModelProto, sample: crate::calibrate::Sample) -
 }
 
 /// Refuses `--exclude-nodes` names and `--exclude-op-types` that match no node of the model:
-/// a typo would otherwise quantize what the user meant to keep float.
-fn check_exclusions(model: &ModelProto, config: &PlanConfig) -> Result<()> {
+/// a typo would otherwise quantize what the user meant to keep float. Called by the command
+/// line on what the user typed; [`quantize`] itself accepts any set (the Python API, like ONNX
+/// Runtime's, excludes every op type of the rule table to quantize only some).
+pub fn check_exclusions(model: &ModelProto, config: &PlanConfig) -> Result<()> {
     let graph = model
         .graph
         .as_ref()
@@ -614,7 +616,6 @@ fn run(
                 .into(),
         ));
     }
-    check_exclusions(model, &config.plan)?;
     let prepared = upgrade_and_prepare(model, config, lazy)?;
     if let Some(r) = &ranges {
         check_ranges(model, &prepared.model, r)?;
