@@ -491,6 +491,27 @@ fn histogram_bins_must_suit_the_method() {
         &["warning: --bins ignored"],
     );
     expect(&calibrate(&["--threads", "0"]), 2, &["--threads 0"]);
+    // The histograms' memory grows with the bins, the tensors and the threads: 2^20 bins are
+    // 32 MiB per tensor and thread.
+    let r = run_env(
+        &[
+            "calibrate",
+            s(&fixture("cnn.onnx")),
+            "--calib",
+            s(&fixture("cnn_calib")),
+            "-o",
+            s(&dir.path().join("r.json")),
+            "--method",
+            "entropy",
+            "--bins",
+            "1048576",
+            "--threads",
+            "2",
+        ],
+        &[("ONNX_PTQ_MEMORY_BUDGET", "256M")],
+        60,
+    );
+    expect(&r, 2, &["histograms of 1048576 bins", "memory"]);
 }
 
 #[test]

@@ -260,6 +260,19 @@ impl Observer {
         let next = AtomicUsize::new(0);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let threads = threads.clamp(1, source.len().max(1));
+        if let Some(bins) = histogram_bins {
+            // One histogram per tensor per worker, plus the merged one.
+            let histograms = (self.tensors.len() as u64) * (threads as u64 + 1);
+            crate::memory::check_allocation(
+                histograms.saturating_mul((bins * super::observer::SLOTS_PER_BIN) as u64),
+                8,
+                &format!(
+                    "{histograms} histograms of {bins} bins ({} tensors, {threads} threads)",
+                    self.tensors.len()
+                ),
+            )
+            .map_err(Error::Usage)?;
+        }
         let partials: Vec<Vec<TensorStats>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
