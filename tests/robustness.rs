@@ -589,6 +589,22 @@ fn image_flags_on_other_data_are_errors() {
 }
 
 #[test]
+fn more_samples_than_the_data_holds_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(&[
+        "calibrate",
+        s(&fixture("cnn.onnx")),
+        "--calib",
+        s(&fixture("cnn_calib")),
+        "--samples",
+        "100",
+        "-o",
+        s(&dir.path().join("r.json")),
+    ]);
+    expect(&r, 0, &["warning: --samples 100", "holds 8 sample(s)"]);
+}
+
+#[test]
 fn a_sample_with_an_empty_batch_is_refused() {
     let (dir, _) = generated(4);
     let r = run(&[

@@ -147,6 +147,13 @@ impl DataArgs {
     ) -> Result<DataSource> {
         let image = self.image_preprocess()?;
         let source = DataSource::open(path, self.data_kind, inputs, Some(&image), self.samples)?;
+        if let Some(n) = self.samples.filter(|&n| n > source.len()) {
+            eprintln!(
+                "warning: --samples {n}: {} holds {} sample(s); using them all",
+                path.display(),
+                source.len()
+            );
+        }
         let image_flags = self.image_flags();
         if source.kind() != onnx_ptq::calibrate::SourceKind::Images && !image_flags.is_empty() {
             return Err(onnx_ptq::Error::Usage(format!(
