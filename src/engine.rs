@@ -30,19 +30,159 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, 
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     QUIET.with(|q| q.set(false));
     result.unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown failure");
-        // An unwrapped anyhow error carries its backtrace in the Debug text: keep the message.
-        let message = message
-            .split("\n\nStack backtrace")
-            .next()
-            .unwrap_or(message)
-            .trim();
-        Err(format!("{what}: tract failed internally: {message}"))
+        Err(format!(
+            "{what}: tract failed internally: {}",
+            panic_message(payload.as_ref())
+        ))
     })
+}
+
+/// Estimates the peak memory of one run of `typed` (at the concrete shapes it was typed for)
+/// and refuses it when that exceeds the machine's budget ([`crate::memory::Budget`]).
+///
+/// The estimate walks tract's evaluation order, adding each node's outputs when they are
+/// computed and removing them after their last consumer, which is what a plan state holds.
+/// Constants are left out (they are in memory already, in the loaded model); so are outputs
+/// whose size depends on the data (tract cannot know it before running).
+pub fn check_memory(typed: &TypedModel) -> Result<(), String> {
+    let Some(budget) = crate::memory::Budget::from_environment()? else {
+        return Ok(());
+    };
+    let estimate = estimate_memory(typed)?;
+    if estimate.peak <= budget.bytes {
+        return Ok(());
+    }
+    use crate::memory::Bytes;
+    let biggest = match &estimate.biggest {
+        Some((bytes, outlet)) => {
+            let node = typed.node(outlet.node);
+            let label = typed
+                .outlet_label(*outlet)
+                .map(|l| format!("'{l}', "))
+                .unwrap_or_default();
+            format!(
+                "; the largest tensor is {label}output of node '{}' ({}), of shape {:?}: {}",
+                node.name,
+                node.op.name(),
+                typed
+                    .outlet_fact(*outlet)
+                    .ok()
+                    .and_then(|f| f.shape.as_concrete().map(<[usize]>::to_vec))
+                    .unwrap_or_default(),
+                Bytes(*bytes)
+            )
+        }
+        None => String::new(),
+    };
+    Err(format!(
+        "refusing to run the model: at these input shapes it needs about {} of memory, more \
+         than the budget of {} ({}){biggest}",
+        Bytes(estimate.peak),
+        Bytes(budget.bytes),
+        budget.source
+    ))
+}
+
+/// The result of [`estimate_memory`].
+struct Estimate {
+    /// Largest sum of live tensors, in bytes.
+    peak: u64,
+    /// The largest single tensor and where it comes from.
+    biggest: Option<(u64, OutletId)>,
+}
+
+fn estimate_memory(typed: &TypedModel) -> Result<Estimate, String> {
+    use std::collections::HashMap;
+    let order = typed.eval_order().map_err(|e| format!("{e:#}"))?;
+    let mut last_use: HashMap<OutletId, usize> = HashMap::new();
+    for (step, &n) in order.iter().enumerate() {
+        for input in &typed.node(n).inputs {
+            last_use.insert(*input, step);
+        }
+    }
+    for output in typed.output_outlets().map_err(|e| e.to_string())? {
+        last_use.insert(*output, usize::MAX);
+    }
+    let mut sizes: HashMap<OutletId, u64> = HashMap::new();
+    let mut live = 0u64;
+    let mut estimate = Estimate {
+        peak: 0,
+        biggest: None,
+    };
+    for (step, &n) in order.iter().enumerate() {
+        let node = typed.node(n);
+        if node
+            .op_as::<tract_onnx::tract_core::ops::konst::Const>()
+            .is_none()
+        {
+            for (slot, output) in node.outputs.iter().enumerate() {
+                let Some(shape) = output.fact.shape.as_concrete() else {
+                    continue;
+                };
+                let bytes = shape
+                    .iter()
+                    .try_fold(output.fact.datum_type.size_of() as u64, |acc, &d| {
+                        acc.checked_mul(d as u64)
+                    })
+                    .unwrap_or(u64::MAX);
+                let outlet = OutletId::new(n, slot);
+                live = live.saturating_add(bytes);
+                sizes.insert(outlet, bytes);
+                if estimate.biggest.is_none_or(|(b, _)| bytes > b) {
+                    estimate.biggest = Some((bytes, outlet));
+                }
+            }
+        }
+        estimate.peak = estimate.peak.max(live);
+        sizes.retain(|outlet, bytes| {
+            let done = last_use.get(outlet).is_none_or(|&last| last <= step);
+            if done {
+                live -= *bytes;
+            }
+            !done
+        });
+    }
+    Ok(estimate)
+}
+
+/// Evaluates one node of a plan (the default evaluation), naming the node in its errors and
+/// turning a panic inside it into an error that names it too.
+pub fn eval_node<F, O>(
+    ctx: &tract_onnx::tract_core::plan::EvalContext,
+    op_state: Option<&mut (dyn tract_onnx::tract_core::ops::OpState + 'static)>,
+    node: &tract_onnx::tract_core::model::Node<F, O>,
+    inputs: TVec<TValue>,
+) -> TractResult<TVec<TValue>>
+where
+    F: Fact + Clone + 'static,
+    O: std::fmt::Debug + std::fmt::Display + AsRef<dyn Op> + AsMut<dyn Op> + Clone + 'static,
+{
+    let name = || format!("node '{}' ({})", node.name, node.op().name());
+    match panic::catch_unwind(AssertUnwindSafe(|| {
+        tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+    })) {
+        Ok(result) => anyhow::Context::with_context(result, name),
+        Err(payload) => anyhow::bail!(
+            "{}: tract failed internally: {}",
+            name(),
+            panic_message(payload.as_ref())
+        ),
+    }
+}
+
+/// The text of a panic's payload, without the backtrace an unwrapped anyhow error carries.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown failure");
+    message
+        .split("\n\nStack backtrace")
+        .next()
+        .unwrap_or(message)
+        .trim()
+        .to_string()
 }
 
 /// Loads encoded ONNX bytes in tract, ignoring the file's output shapes and value_info: tract
@@ -196,6 +336,7 @@ impl Runner {
         let typed = inference
             .into_typed()
             .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+        check_memory(&typed)?;
         // The optimized plan is only faster: where tract's optimizer fails on a graph its
         // plain plan runs (FlashSDPA codegen on a boolean mask, MultiBroadcastTo of a quantized
         // constant), the plain plan computes the same values.
@@ -252,7 +393,7 @@ impl Runner {
             let mut failure: Option<String> = None;
             let outputs = state
                 .run_plan_with_eval(inputs, |ctx, op_state, node, ins| {
-                    let outs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, ins)?;
+                    let outs = eval_node(ctx, op_state, node, ins)?;
                     if failure.is_none() {
                         for (slot, value) in outs.iter().enumerate() {
                             if let Some(Some(name)) = labels[node.id].get(slot) {

@@ -119,9 +119,29 @@ pub enum Error {
     /// tract failed to load or run the model.
     #[error("tract: {0}")]
     Tract(String),
+    /// A file to read is a device, FIFO or socket: reading it would block or never end.
+    #[error("{}: is {kind}, not a regular file; refusing to read it", path.display())]
+    NotRegularFile {
+        /// The path as given.
+        path: PathBuf,
+        /// What it is, such as "a FIFO".
+        kind: &'static str,
+    },
+    /// The input model fails the structural check: it is invalid, not our failure (exit 1).
+    #[error("the model is invalid:\n  {}", findings.join("\n  "))]
+    InvalidModel {
+        /// Each error finding, naming the node or tensor.
+        findings: Vec<String>,
+    },
 }
 
 impl Error {
+    /// Whether the error means "the model is invalid" (exit code 1) rather than "the run
+    /// could not be done" (exit code 2).
+    pub fn is_invalid_model(&self) -> bool {
+        matches!(self, Error::InvalidModel { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

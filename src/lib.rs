@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod inspect;
+pub mod memory;
 pub mod numpy;
 pub mod onnx;
 #[cfg(feature = "tract")]

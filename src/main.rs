@@ -21,7 +21,10 @@ fn main() -> ExitCode {
         Ok(cli::Outcome::Failed) => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            let invalid = e
+                .downcast_ref::<onnx_ptq::Error>()
+                .is_some_and(onnx_ptq::Error::is_invalid_model);
+            ExitCode::from(if invalid { 1 } else { 2 })
         }
     }
 }

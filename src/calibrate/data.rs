@@ -178,6 +178,15 @@ impl Sample {
                         spec.name, spec.elem_type
                     ))
                 })?;
+                let count = shape
+                    .iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+                crate::memory::check_allocation(
+                    count.unwrap_or(u64::MAX),
+                    dt.size_of() as u64,
+                    &format!("a zero sample for input '{}' of shape {shape:?}", spec.name),
+                )
+                .map_err(Error::Usage)?;
                 Tensor::zero_dt(dt, &shape).map_err(|e| {
                     Error::Model(format!(
                         "input '{}': a zero tensor of shape {shape:?}: {e}",
@@ -246,7 +255,7 @@ impl DataSource {
                 "the model has no inputs to feed calibration data to",
             ));
         }
-        let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let meta = crate::onnx::require_readable_file(path)?;
         let kind = match kind {
             Some(kind) => kind,
             None => detect(path, meta.is_dir())?,

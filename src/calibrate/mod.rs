@@ -42,6 +42,38 @@ pub struct CalibrationConfig {
     pub outlier_guard: bool,
 }
 
+/// Most worker threads: each holds a tract plan state with every intermediate tensor of one
+/// sample, so memory grows with them.
+pub const MAX_THREADS: usize = 256;
+
+impl CalibrationConfig {
+    /// Refuses settings the method cannot work with rather than clamping them: a histogram
+    /// coarser than the quantization grid cannot place a range to better than one step, and
+    /// one finer than [`observer::MAX_BINS`] costs memory per tensor for nothing.
+    pub fn check(&self) -> Result<()> {
+        if self.method.needs_histogram() {
+            let levels = (self.target.qmax() - self.target.qmin() + 1) as usize;
+            if self.bins < levels || self.bins > observer::MAX_BINS {
+                return Err(Error::Usage(format!(
+                    "--bins {} is outside what --method {} can use: from {levels} (the levels of \
+                     the {}-bit target) to {}",
+                    self.bins,
+                    self.method.name(),
+                    self.target.bits,
+                    observer::MAX_BINS
+                )));
+            }
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(Error::Usage(format!(
+                "--threads {} is outside 1 to {MAX_THREADS}",
+                self.threads
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The calibrated range of one tensor, as written to `ranges.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorRange {
@@ -104,6 +136,7 @@ impl Ranges {
 
     /// Reads ranges written by [`Ranges::save`].
     pub fn load(path: &Path) -> Result<Ranges> {
+        crate::onnx::require_readable_file(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Data {
             path: path.to_path_buf(),
@@ -122,6 +155,7 @@ pub struct Calibrator {
 impl Calibrator {
     /// Prepares `model` for observation in tract. `model_name` labels the results.
     pub fn new(model: &ModelProto, model_name: &str) -> Result<Calibrator> {
+        crate::validate::require_valid_structure(model)?;
         Ok(Calibrator {
             observer: Observer::new(model)?,
             model_name: model_name.to_string(),
@@ -158,6 +192,7 @@ impl Calibrator {
         config: &CalibrationConfig,
         keep: usize,
     ) -> Result<(Ranges, Vec<Vec<tract_onnx::prelude::Tensor>>)> {
+        config.check()?;
         if source.is_empty() {
             return Err(Error::Model("the calibration data holds no sample".into()));
         }

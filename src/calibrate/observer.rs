@@ -18,10 +18,10 @@ pub const DEFAULT_MOMENTUM: f32 = 0.01;
 /// Storage slots per requested bin. The grid's bin width is the smallest power of two for which
 /// the data fits in the slots, so the data's span covers at least `2 * bins` bins and
 /// `[0, max|x|]` at least `bins` bins (what the entropy search needs).
-const SLOTS_PER_BIN: usize = 4;
+pub(crate) const SLOTS_PER_BIN: usize = 4;
 
 /// Upper limit of the requested resolution (32 MiB of counts per histogram).
-const MAX_BINS: usize = 1 << 20;
+pub const MAX_BINS: usize = 1 << 20;
 
 /// The finest bin width is 2^-149, the spacing of f32 subnormals: every f32 is a whole multiple
 /// of it, so nothing is lost by never going finer.

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::plan::eval;
 use tract_onnx::tract_hir::infer::InferenceFact;
 
 use super::data::{DataSource, InputSpec};
@@ -197,6 +196,7 @@ impl Observer {
         let typed = inference
             .into_typed()
             .map_err(|e| format!("tract could not type the model: {e:#}"))?;
+        crate::engine::check_memory(&typed)?;
         let mut watch: Vec<Vec<Option<usize>>> = typed
             .nodes()
             .iter()
@@ -260,6 +260,19 @@ impl Observer {
         let next = AtomicUsize::new(0);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let threads = threads.clamp(1, source.len().max(1));
+        if let Some(bins) = histogram_bins {
+            // One histogram per tensor per worker, plus the merged one.
+            let histograms = (self.tensors.len() as u64) * (threads as u64 + 1);
+            crate::memory::check_allocation(
+                histograms.saturating_mul((bins * super::observer::SLOTS_PER_BIN) as u64),
+                8,
+                &format!(
+                    "{histograms} histograms of {bins} bins ({} tensors, {threads} threads)",
+                    self.tensors.len()
+                ),
+            )
+            .map_err(Error::Usage)?;
+        }
         let partials: Vec<Vec<TensorStats>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
@@ -347,7 +360,7 @@ impl Observer {
         guard(&label, || {
             state
                 .run_plan_with_eval(inputs, |ctx, op_state, node, ins| {
-                    let outs = eval(ctx, op_state, node, ins)?;
+                    let outs = crate::engine::eval_node(ctx, op_state, node, ins)?;
                     if !observe {
                         return Ok::<_, anyhow::Error>(outs);
                     }

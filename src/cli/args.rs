@@ -25,9 +25,10 @@ pub struct CalibArgs {
     /// Percentile for --method percentile.
     #[arg(long, default_value_t = 99.999)]
     pub percentile: f64,
-    /// Histogram bins for percentile, entropy and mse.
-    #[arg(long, default_value_t = onnx_ptq::calibrate::observer::DEFAULT_BINS)]
-    pub bins: usize,
+    /// Histogram bins for percentile, entropy and mse (default 2048; at least the number of
+    /// quantization levels, 256).
+    #[arg(long)]
+    pub bins: Option<usize>,
     /// Keep every range as the method gives it, even when a handful of values (at most 1 in
     /// 10^4 at either end) stretch it more than 8x beyond the bulk of the values; by default
     /// such a range is clipped to the bulk and the summary lists the tensors clipped.
@@ -126,6 +127,23 @@ impl DataArgs {
         Ok(p)
     }
 
+    /// The image preprocessing flags given, by their spelling.
+    fn image_flags(&self) -> Vec<&'static str> {
+        [
+            ("--preset", self.preset.is_some()),
+            ("--size", self.size.is_some()),
+            ("--resize", self.resize.is_some()),
+            ("--channels", self.channels.is_some()),
+            ("--scale", self.scale.is_some()),
+            ("--mean", self.mean.is_some()),
+            ("--std", self.std.is_some()),
+            ("--layout", self.layout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
     /// Opens the data at `path` for a model with these inputs.
     pub fn open(
         &self,
@@ -133,13 +151,25 @@ impl DataArgs {
         inputs: &[onnx_ptq::calibrate::InputSpec],
     ) -> Result<DataSource> {
         let image = self.image_preprocess()?;
-        Ok(DataSource::open(
-            path,
-            self.data_kind,
-            inputs,
-            Some(&image),
-            self.samples,
-        )?)
+        let source = DataSource::open(path, self.data_kind, inputs, Some(&image), self.samples)?;
+        if let Some(n) = self.samples.filter(|&n| n > source.len()) {
+            eprintln!(
+                "warning: --samples {n}: {} holds {} sample(s); using them all",
+                path.display(),
+                source.len()
+            );
+        }
+        let image_flags = self.image_flags();
+        if source.kind() != onnx_ptq::calibrate::SourceKind::Images && !image_flags.is_empty() {
+            return Err(onnx_ptq::Error::Usage(format!(
+                "{} apply to image data, but {} holds {} data",
+                image_flags.join(", "),
+                path.display(),
+                source.kind()
+            ))
+            .into());
+        }
+        Ok(source)
     }
 }
 
@@ -159,18 +189,36 @@ impl CalibArgs {
             "s8" => QuantTarget::S8_SYMMETRIC,
             _ => QuantTarget::U8,
         };
-        Ok(CalibrationConfig {
+        if self.bins.is_some() && !method.needs_histogram() {
+            eprintln!(
+                "warning: --bins ignored: --method {} uses no histogram",
+                method.name()
+            );
+        }
+        let config = CalibrationConfig {
             method,
             target,
-            bins: self.bins,
-            threads: self.threads.max(1),
+            bins: self
+                .bins
+                .unwrap_or(onnx_ptq::calibrate::observer::DEFAULT_BINS),
+            threads: self.threads,
             progress: !self.quiet,
             outlier_guard: !self.no_outlier_guard,
-        })
+        };
+        config.check()?;
+        Ok(config)
     }
 
     /// Opens the calibration data for a model with these inputs, `None` when none was given.
     pub fn open(&self, inputs: &[onnx_ptq::calibrate::InputSpec]) -> Result<Option<DataSource>> {
+        let image_flags = self.data.image_flags();
+        if self.calib.is_none() && !image_flags.is_empty() {
+            return Err(onnx_ptq::Error::Usage(format!(
+                "{} apply to image calibration data, and no --calib was given",
+                image_flags.join(", ")
+            ))
+            .into());
+        }
         self.calib
             .as_ref()
             .map(|path| self.data.open(path, inputs))

@@ -233,6 +233,7 @@ fn json_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>> {
 }
 
 fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
+    onnx_ptq::onnx::require_readable_file(path)?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| {
         format!(
@@ -244,6 +245,9 @@ fn read_overrides(path: &Path) -> Result<BTreeMap<String, TensorOverride>> {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<Outcome> {
+    // A malformed budget is a usage error, reported before any work rather than by the first
+    // tract run.
+    onnx_ptq::memory::Budget::from_environment().map_err(onnx_ptq::Error::Usage)?;
     match cli.command {
         Command::Quantize {
             model,
@@ -336,18 +340,20 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 !allow_int16 || accuracy.is_some(),
                 "--allow-int16 applies to the accuracy search: give a bound (--min-sqnr, --min-cosine or --max-top1-drop)"
             );
+            let plan_config = PlanConfig {
+                mode,
+                reduce_range,
+                weight_only,
+                activations: calib.act_type(),
+                per_channel: !per_tensor,
+                exclude_nodes: exclude_nodes.into_iter().collect(),
+                exclude_op_types: exclude_op_types.into_iter().collect(),
+                overrides: overrides.unwrap_or_default(),
+                fallback: Default::default(),
+            };
+            onnx_ptq::quantize::check_exclusions(&loaded.proto, &plan_config)?;
             let config = QuantizeConfig {
-                plan: PlanConfig {
-                    mode,
-                    reduce_range,
-                    weight_only,
-                    activations: calib.act_type(),
-                    per_channel: !per_tensor,
-                    exclude_nodes: exclude_nodes.into_iter().collect(),
-                    exclude_op_types: exclude_op_types.into_iter().collect(),
-                    overrides: overrides.unwrap_or_default(),
-                    fallback: Default::default(),
-                },
+                plan: plan_config,
                 calibration,
                 compare_samples: compare_samples as usize,
                 accuracy,
@@ -432,6 +438,12 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 plan.output("--html", p);
             }
             check_outputs(&plan)?;
+            let compare_config = CompareConfig {
+                per_layer: per_layer || html.is_some(),
+                latency_runs,
+                histograms: if html.is_some() { HTML_HISTOGRAMS } else { 0 },
+            };
+            compare_config.check()?;
             let bounds = bounds.bounds()?;
             let a = Model::load(&float)?;
             let b = Model::load(&int8)?;
@@ -442,16 +454,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             .inputs("an external-data file of the int8 model", &b.external_files)
             .check()?;
             let source = data_args.open(&data, &InputSpec::of_model(&a.proto)?)?;
-            let report = compare_models(
-                &a.proto,
-                &b.proto,
-                &source,
-                &CompareConfig {
-                    per_layer: per_layer || html.is_some(),
-                    latency_runs,
-                    histograms: if html.is_some() { HTML_HISTOGRAMS } else { 0 },
-                },
-            )?;
+            let report = compare_models(&a.proto, &b.proto, &source, &compare_config)?;
             let violations = if bounds.is_empty() {
                 Vec::new()
             } else {
@@ -554,6 +557,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 dims: dims.into_iter().collect::<BTreeMap<_, _>>(),
                 default_dim,
             };
+            options.check(&loaded.proto)?;
             let report = validate::validate(&loaded.proto, (!no_exec).then_some(&options));
             if json {
                 let value = serde_json::json!({

@@ -35,6 +35,25 @@ pub struct CompareConfig {
     pub histograms: usize,
 }
 
+/// Most timed runs per model: the runs' times are kept to take their median, and a median of
+/// a thousand runs is as steady as it gets.
+pub const MAX_LATENCY_RUNS: usize = 1000;
+
+impl CompareConfig {
+    /// Refuses settings whose cost grows without bound (the latency runs' times are kept, and
+    /// each run takes the model's full run time).
+    pub fn check(&self) -> crate::Result<()> {
+        if self.latency_runs > MAX_LATENCY_RUNS {
+            return Err(crate::Error::Usage(format!(
+                "--latency-runs {} is more than {MAX_LATENCY_RUNS} (each is a full run of both \
+                 models)",
+                self.latency_runs
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Error of one quantized tensor against its float counterpart.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerError {

@@ -23,6 +23,7 @@ pub fn compare_models(
     config: &CompareConfig,
 ) -> Result<CompareReport> {
     use prost::Message;
+    config.check()?;
     let inputs: Vec<String> = InputSpec::of_model(reference)?
         .into_iter()
         .map(|s| s.name)

@@ -334,6 +334,20 @@ fn folder_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The metadata of `path`, refusing devices, FIFOs and sockets before anything opens them:
+/// opening a FIFO blocks until a writer appears, and a device such as `/dev/zero` never ends.
+/// Folders pass (the caller decides what a folder means).
+pub fn require_readable_file(path: &Path) -> Result<fs::Metadata> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() || meta.is_dir() {
+        return Ok(meta);
+    }
+    Err(Error::NotRegularFile {
+        path: path.to_path_buf(),
+        kind: kind_of(&meta),
+    })
+}
+
 fn kind_of(meta: &fs::Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_dir() {

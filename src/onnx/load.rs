@@ -87,7 +87,7 @@ impl Model {
     /// Loads a model file as `options` say.
     pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let meta = super::require_readable_file(path)?;
         if meta.is_dir() {
             return Err(Error::Model(format!(
                 "{}: is a directory, not an ONNX model file",

@@ -11,7 +11,7 @@ pub mod tensor;
 pub mod walk;
 mod writer;
 
-pub use dest::{check_destination, OutputPlan};
+pub use dest::{check_destination, require_readable_file, OutputPlan};
 pub use load::{decode_model, LoadOptions, Model};
 pub use save::{
     encode_model, external_data_path, remove_temporaries_on_signal, write_atomic, PendingFiles,

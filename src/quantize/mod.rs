@@ -244,6 +244,105 @@ fn validate_in_tract(quantized: &ModelProto, sample: crate::calibrate::Sample) -
     Ok(format!("{note} on {label}"))
 }
 
+/// Refuses `--exclude-nodes` names and `--exclude-op-types` that match no node of the model:
+/// a typo would otherwise quantize what the user meant to keep float. Called by the command
+/// line on what the user typed; [`quantize`] itself accepts any set (the Python API, like ONNX
+/// Runtime's, excludes every op type of the rule table to quantize only some).
+pub fn check_exclusions(model: &ModelProto, config: &PlanConfig) -> Result<()> {
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::Model("the model has no graph".into()))?;
+    let unknown_nodes: Vec<&str> = config
+        .exclude_nodes
+        .iter()
+        .filter(|n| !graph.node.iter().any(|node| node.name() == n.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !unknown_nodes.is_empty() {
+        return Err(Error::Usage(format!(
+            "--exclude-nodes: the model has no node named {}",
+            quoted_list(&unknown_nodes)
+        )));
+    }
+    let unknown_ops: Vec<&str> = config
+        .exclude_op_types
+        .iter()
+        .filter(|t| !graph.node.iter().any(|node| node.op_type() == t.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !unknown_ops.is_empty() {
+        return Err(Error::Usage(format!(
+            "--exclude-op-types: the model has no node of op type {}",
+            quoted_list(&unknown_ops)
+        )));
+    }
+    Ok(())
+}
+
+fn quoted_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks ranges read from a file against the model they are applied to: every range must be
+/// finite and ordered (an infinite one would write an infinite scale), and the names must be
+/// tensors of the model. A file that names none of them was made for another model; one that
+/// names some is kept, with a warning listing the others (preparation folds some tensors away).
+fn check_ranges(model: &ModelProto, prepared: &ModelProto, ranges: &Ranges) -> Result<()> {
+    for (name, r) in &ranges.tensors {
+        if !(r.min.is_finite() && r.max.is_finite() && r.min <= r.max) {
+            return Err(Error::Usage(format!(
+                "--ranges: tensor '{name}' has range [{}, {}], which is not a finite interval \
+                 with min <= max",
+                r.min, r.max
+            )));
+        }
+    }
+    let known: std::collections::HashSet<&str> = [model, prepared]
+        .into_iter()
+        .flat_map(|m| m.graph.iter())
+        .flat_map(|g| {
+            g.node
+                .iter()
+                .flat_map(|n| n.output.iter().chain(&n.input))
+                .map(String::as_str)
+                .chain(g.input.iter().map(|i| i.name()))
+        })
+        .collect();
+    let unknown: Vec<&str> = ranges
+        .tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !known.contains(n))
+        .collect();
+    if !ranges.tensors.is_empty() && unknown.len() == ranges.tensors.len() {
+        return Err(Error::Usage(format!(
+            "--ranges: none of its {} tensors is a tensor of this model (it was computed for \
+             '{}')",
+            ranges.tensors.len(),
+            ranges.model
+        )));
+    }
+    if !unknown.is_empty() {
+        let shown: Vec<&str> = unknown.iter().take(10).copied().collect();
+        eprintln!(
+            "warning: --ranges: {} of its tensors are not in the model and are ignored: {}{}",
+            unknown.len(),
+            quoted_list(&shown),
+            if unknown.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Refuses overrides that name no tensor of the model (a typo would otherwise pass silently),
 /// and empty or reversed ranges.
 fn check_overrides(model: &ModelProto, config: &PlanConfig) -> Result<()> {
@@ -484,6 +583,14 @@ impl Samples {
         };
         // The accuracy search measures on samples it does not calibrate on.
         let (calibration, held_out) = match &config.accuracy {
+            Some(a) if a.held_out == 0 || a.held_out >= source.len() => {
+                return Err(Error::Usage(format!(
+                    "--held-out {} must be at least 1 and leave samples to calibrate on: the \
+                     data holds {} sample(s)",
+                    a.held_out,
+                    source.len()
+                )));
+            }
             Some(a) => {
                 let (head, tail) = source.split_tail(a.held_out);
                 (head, Some(tail))
@@ -577,6 +684,9 @@ fn run(
     config: &QuantizeConfig,
 ) -> Result<(ModelProto, QuantizeReport)> {
     let mut clock = Clock::start();
+    // An invalid model fails in tract with messages about tract's internals (an undefined
+    // tensor gave "no entry found for key"): the structural check names the node instead.
+    validate::require_valid_structure(model)?;
     let samples = Samples::split(source, config)?;
     if lazy && (config.accuracy.is_some() || samples.calibration.is_some()) {
         return Err(Error::Usage(
@@ -586,6 +696,9 @@ fn run(
         ));
     }
     let prepared = upgrade_and_prepare(model, config, lazy)?;
+    if let Some(r) = &ranges {
+        check_ranges(model, &prepared.model, r)?;
+    }
     clock.lap("prepare");
     let mut warnings = Vec::new();
     // A model tract cannot run (an If whose branches tract types differently, a Loop it does

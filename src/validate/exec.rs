@@ -5,7 +5,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::InferenceFact;
 
 use super::{ExecOptions, ExecSummary};
-use crate::engine::{datum_type, guard, load_bytes, output_names};
+use crate::engine::{check_memory, datum_type, eval_node, guard, load_bytes, output_names};
 use crate::graph::{tensor_type, Dim};
 use crate::onnx::dtype;
 use crate::onnx::pb::ModelProto;
@@ -19,8 +19,33 @@ pub fn check_execution(model: &ModelProto, options: &ExecOptions) -> Result<Exec
 /// Largest synthetic input, in elements: a bigger one is almost surely a missing `--dim`.
 const MAX_INPUT_ELEMENTS: u64 = 1 << 28;
 
+/// Domains whose ops tract implements (by op type: it ignores the domain).
+const TRACT_DOMAINS: &[&str] = &["", "ai.onnx", "ai.onnx.ml", "com.microsoft"];
+
 fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, String> {
     let graph = model.graph.as_ref().ok_or("the model has no graph")?;
+    // tract would run an op of another domain as the standard op of the same name: a "pass"
+    // would then say nothing about the model (ONNX Runtime refuses it without its kernel).
+    let is_function = |n: &crate::onnx::pb::NodeProto| {
+        model
+            .functions
+            .iter()
+            .any(|f| f.domain() == n.domain() && f.name() == n.op_type())
+    };
+    if let Some(node) = graph
+        .node
+        .iter()
+        .find(|n| !TRACT_DOMAINS.contains(&n.domain()) && !is_function(n))
+    {
+        return Err(format!(
+            "{}: op '{}' of domain '{}' has no implementation here (tract would run it as the \
+             standard '{}', ONNX Runtime needs a kernel registered for that domain)",
+            crate::onnx::walk::node_label(node),
+            node.op_type(),
+            node.domain(),
+            node.op_type()
+        ));
+    }
     let bytes = model.encode_to_vec();
     let mut inference = load_bytes(&bytes)?;
     let mut fed = Vec::new();
@@ -69,6 +94,11 @@ fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, St
                  (at most {MAX_INPUT_ELEMENTS} elements): set its symbolic dims with --dim"
             ));
         }
+        crate::memory::check_allocation(
+            n.unwrap_or(u64::MAX),
+            dt.size_of() as u64,
+            &format!("the synthetic input '{name}' of shape {shape:?}"),
+        )?;
         inference
             .set_input_fact(slot, InferenceFact::dt_shape(dt, shape.clone()))
             .map_err(|e| format!("input '{name}': {e:#}"))?;
@@ -78,6 +108,7 @@ fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, St
         .into_typed()
         .map_err(|e| format!("tract could not type the model: {e:#}"))?;
     let output_names = output_names(&typed)?;
+    check_memory(&typed)?;
     let plan = typed
         .into_decluttered()
         .and_then(|m| m.into_runnable())
@@ -87,8 +118,9 @@ fn run_once(model: &ModelProto, options: &ExecOptions) -> Result<ExecSummary, St
         .enumerate()
         .map(|(k, (_, shape, dt))| synthetic_input(*dt, shape, k as u64).map(|t| t.into_tvalue()))
         .collect::<Result<_, _>>()?;
-    let outputs = plan
-        .run(inputs)
+    let mut state = plan.spawn().map_err(|e| format!("{e:#}"))?;
+    let outputs = state
+        .run_plan_with_eval(inputs, eval_node)
         .map_err(|e| format!("tract failed to run the model: {e:#}"))?;
     Ok(ExecSummary {
         inputs: fed.into_iter().map(|(n, s, _)| (n, s)).collect(),

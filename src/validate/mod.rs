@@ -11,7 +11,7 @@ use std::fmt;
 
 #[cfg(feature = "tract")]
 pub use exec::check_execution;
-pub use structure::check_structure;
+pub use structure::{check_runtime_support, check_structure, MAX_OPSET, MIN_RUNTIME_OPSET};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,6 +59,45 @@ impl Default for ExecOptions {
             dims: BTreeMap::new(),
             default_dim: 1,
         }
+    }
+}
+
+impl ExecOptions {
+    /// Refuses `dims` naming no symbolic dimension of the model's inputs: a typo would
+    /// otherwise leave the dimension at [`default_dim`](Self::default_dim) without a word.
+    pub fn check(&self, model: &crate::onnx::pb::ModelProto) -> crate::Result<()> {
+        let params: std::collections::BTreeSet<String> = model
+            .graph
+            .iter()
+            .flat_map(|g| &g.input)
+            .filter_map(|v| v.r#type.as_ref().and_then(crate::graph::tensor_type))
+            .flat_map(|t| t.shape.unwrap_or_default())
+            .filter_map(|d| match d {
+                crate::graph::Dim::Param(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        let unknown: Vec<&str> = self
+            .dims
+            .keys()
+            .filter(|k| !params.contains(*k))
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let known = if params.is_empty() {
+            "the model's inputs have no symbolic dimensions".to_string()
+        } else {
+            format!(
+                "its inputs' symbolic dimensions are {}",
+                params.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        };
+        Err(crate::Error::Usage(format!(
+            "--dim {}: no input of the model has a dimension of that name ({known})",
+            unknown.join(", ")
+        )))
     }
 }
 
@@ -111,7 +150,8 @@ impl Validation {
 /// Runs the structural checks, then (when `exec` is given and the structure is sound) the
 /// execution check.
 pub fn validate(model: &crate::onnx::pb::ModelProto, exec: Option<&ExecOptions>) -> Validation {
-    let structure = check_structure(model);
+    let mut structure = check_structure(model);
+    structure.extend(check_runtime_support(model));
     let execution = match exec {
         None => Execution::Skipped {
             reason: "not requested".into(),
@@ -174,4 +214,20 @@ impl fmt::Display for Validation {
 /// Whether any finding is an error.
 pub fn has_errors(findings: &[Finding]) -> bool {
     findings.iter().any(|f| f.severity == Severity::Error)
+}
+
+/// The structural check as a precondition: `Err(Error::InvalidModel)` listing every error
+/// finding, so that a broken model is reported by node rather than by what tract trips on.
+pub fn require_valid_structure(model: &crate::onnx::pb::ModelProto) -> crate::Result<()> {
+    let findings = check_structure(model);
+    if !has_errors(&findings) {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidModel {
+        findings: findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect(),
+    })
 }

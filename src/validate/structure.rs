@@ -1,7 +1,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{qdq, Finding, Severity, MAX_IR_VERSION};
-use crate::graph::{GraphIndex, Opsets};
+use crate::graph::{Dim, GraphIndex, Opsets};
 use crate::onnx::pb::tensor_proto::{DataLocation, DataType};
 use crate::onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::onnx::walk::node_label;
@@ -21,6 +21,32 @@ const EXPERIMENTAL_OPS: &[&str] = &[
     "Scale",
     "ScaledTanh",
 ];
+
+/// The newest default-domain opset (ONNX 1.23).
+pub const MAX_OPSET: i64 = 28;
+
+/// The oldest default-domain opset ONNX Runtime supports ("only guarantees support for models
+/// stamped with opset version 7 or above"; older kernels are missing, such as Relu-1).
+pub const MIN_RUNTIME_OPSET: i64 = 7;
+
+/// What a model valid by the ONNX checker still needs for ONNX Runtime to load it. Kept apart
+/// from [`check_structure`] because `quantize` upgrades such models instead of refusing them.
+pub fn check_runtime_support(model: &ModelProto) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Some(v) = Opsets::new(&model.opset_import).default_domain() {
+        if (1..MIN_RUNTIME_OPSET).contains(&v) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                location: "model".into(),
+                message: format!(
+                    "default-domain opset {v} is older than {MIN_RUNTIME_OPSET}, the oldest ONNX \
+                     Runtime supports (`onnx-ptq quantize` upgrades it)"
+                ),
+            });
+        }
+    }
+    findings
+}
 
 /// Structural checks of a whole model; the model is well formed when no finding is an error.
 ///
@@ -49,6 +75,18 @@ pub fn check_structure(model: &ModelProto) -> Vec<Finding> {
     }
     if ir >= 3 && model.opset_import.is_empty() {
         ctx.push("model", "a model with IR version >= 3 must import an opset");
+    }
+    if let Some(v) = ctx.opsets.default_domain() {
+        if v > MAX_OPSET {
+            ctx.push(
+                "model",
+                format!(
+                    "default-domain opset {v} is newer than the newest ONNX defines ({MAX_OPSET})"
+                ),
+            );
+        } else if v < 1 {
+            ctx.push("model", format!("default-domain opset {v} does not exist"));
+        }
     }
     let mut keys = HashSet::new();
     for kv in &model.metadata_props {
@@ -233,6 +271,34 @@ impl Ctx {
                 format!("graph input/output '{}' has no type", v.name()),
             );
         }
+        let dims = v
+            .r#type
+            .as_ref()
+            .and_then(crate::graph::tensor_type)
+            .and_then(|t| t.shape)
+            .unwrap_or_default();
+        for (axis, dim) in dims.iter().enumerate() {
+            match dim {
+                // Some exporters write -1 for "any size"; the reference tools read it so.
+                Dim::Value(-1) => self.push_with(
+                    Severity::Warning,
+                    path,
+                    format!(
+                        "'{}' has dimension -1 at axis {axis}: a size is never negative (use a \
+                         dim_param for an unknown size)",
+                        v.name()
+                    ),
+                ),
+                Dim::Value(d) if *d < 0 => self.push(
+                    path,
+                    format!(
+                        "'{}' has dimension {d} at axis {axis}: a size is never negative",
+                        v.name()
+                    ),
+                ),
+                _ => {}
+            }
+        }
     }
 
     fn check_node<'a>(
@@ -274,6 +340,11 @@ impl Ctx {
                 for (severity, message) in qdq::check(node, version, index) {
                     self.push_with(severity, where_, message);
                 }
+            }
+        }
+        if is_default && !experimental {
+            for message in attribute_ranges(node, index) {
+                self.push(where_, message);
             }
         }
         if is_default && node.op_type() == "If" {
@@ -346,6 +417,90 @@ impl Ctx {
             self.push(where_, "the tensor must hold its data in exactly one field");
         } else if let Err(e) = tensor::check_inline_data(t) {
             self.push(where_, e);
+        } else if let (Some(raw), Ok(Some(need))) = (&t.raw_data, tensor::expected_raw_len(t)) {
+            // Shorter data is refused when loading; longer data loads but ONNX Runtime
+            // refuses it, and the extra bytes would mean the dims are wrong.
+            if raw.len() as u64 != need {
+                self.push(
+                    where_,
+                    format!(
+                        "dims {:?} need {need} bytes of raw_data but it holds {}",
+                        t.dims,
+                        raw.len()
+                    ),
+                );
+            }
         }
     }
+}
+
+/// Ops whose `axis` attribute indexes their first input, and whether the axis may also equal
+/// the rank (Flatten splits before it).
+const AXIS_OPS: &[(&str, bool)] = &[
+    ("ArgMax", false),
+    ("ArgMin", false),
+    ("Concat", false),
+    ("Flatten", true),
+    ("Gather", false),
+    ("GatherElements", false),
+    ("Hardmax", false),
+    ("LayerNormalization", false),
+    ("LogSoftmax", false),
+    ("Softmax", false),
+    ("Split", false),
+];
+
+/// Ops with spatial `strides`, `dilations` and `kernel_shape` attributes.
+const WINDOW_OPS: &[&str] = &[
+    "AveragePool",
+    "Conv",
+    "ConvInteger",
+    "ConvTranspose",
+    "LpPool",
+    "MaxPool",
+    "QLinearConv",
+];
+
+/// Attribute values out of their range: an axis outside the input's rank (when the rank is
+/// declared), and zero or negative strides, dilations, kernel sizes or groups, which make shape
+/// computations divide by zero.
+fn attribute_ranges(node: &NodeProto, index: &GraphIndex) -> Vec<String> {
+    let mut problems = Vec::new();
+    let op = node.op_type();
+    if let Some(&(_, inclusive)) = AXIS_OPS.iter().find(|(name, _)| *name == op) {
+        let rank = node
+            .input
+            .first()
+            .and_then(|i| index.tensor_type(i))
+            .and_then(|t| t.shape)
+            .map(|s| s.len() as i64);
+        if let (Ok(Some(axis)), Some(rank)) = (attr::int(node, "axis"), rank) {
+            let high = if inclusive { rank } else { rank - 1 };
+            if axis < -rank || axis > high {
+                problems.push(format!(
+                    "attribute 'axis' is {axis} but must be in [{}, {high}] for an input of rank {rank}",
+                    -rank
+                ));
+            }
+        }
+    }
+    if WINDOW_OPS.contains(&op) {
+        for name in ["strides", "dilations", "kernel_shape"] {
+            if let Ok(Some(values)) = attr::ints(node, name) {
+                if let Some(bad) = values.iter().find(|&&v| v < 1) {
+                    problems.push(format!(
+                        "attribute '{name}' holds {bad}: every value must be at least 1"
+                    ));
+                }
+            }
+        }
+        if let Ok(Some(group)) = attr::int(node, "group") {
+            if group < 1 {
+                problems.push(format!(
+                    "attribute 'group' is {group}: it must be at least 1"
+                ));
+            }
+        }
+    }
+    problems
 }

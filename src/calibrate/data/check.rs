@@ -43,6 +43,14 @@ pub(super) fn type_and_shape(
             spec.shape.len()
         ));
     }
+    // An empty batch runs, observes nothing and would still count as a sample. Other axes
+    // may be legitimately empty (a decoder's past of length 0).
+    if shape.first() == Some(&0) && spec.shape.first() != Some(&Dim::Value(0)) {
+        return fail(format!(
+            "data of shape {} has a batch dimension of 0: the sample holds no data",
+            shape_string(shape)
+        ));
+    }
     for (axis, (&got, want)) in shape.iter().zip(&spec.shape).enumerate() {
         if let Dim::Value(want) = *want {
             // A negative dim_value is what some exporters write for "any size".

@@ -235,6 +235,14 @@ impl Plan {
         if width == 0 || height == 0 {
             return fail(format!("image size {width}x{height} is empty"));
         }
+        // The resized image and the input tensor are each width x height x 3.
+        if let Err(e) = crate::memory::check_allocation(
+            u64::from(width) * u64::from(height) * 3,
+            4,
+            &format!("an image input of {width}x{height}"),
+        ) {
+            return fail(e);
+        }
         let finite = pre.scale.is_finite() && pre.mean.iter().all(|m| m.is_finite());
         if !finite || pre.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
             return fail(format!(
