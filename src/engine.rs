@@ -37,6 +37,10 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, 
     })
 }
 
+/// How a run refused for the memory budget starts: the caller can tell it from a model tract
+/// cannot run (which is no reason to refuse a quantization) without parsing more.
+pub const MEMORY_REFUSAL: &str = "refusing to run the model";
+
 /// Estimates the peak memory of one run of `typed` (at the concrete shapes it was typed for)
 /// and refuses it when that exceeds the machine's budget ([`crate::memory::Budget`]).
 ///
@@ -75,7 +79,7 @@ pub fn check_memory(typed: &TypedModel) -> Result<(), String> {
         None => String::new(),
     };
     Err(format!(
-        "refusing to run the model: at these input shapes it needs about {} of memory, more \
+        "{MEMORY_REFUSAL}: at these input shapes it needs about {} of memory, more \
          than the budget of {} ({}){biggest}",
         Bytes(estimate.peak),
         Bytes(budget.bytes),

@@ -707,3 +707,41 @@ fn failures_inside_tract_name_the_node() {
     ]);
     expect(&r, 1, &["node 'conv' (Conv)", "'strides' holds 0"]);
 }
+
+/// Part 5: NaN and infinite activations on the calibration data are a warning on stderr (and
+/// in the report) naming the tensors, not a quiet "SQNR NaN dB"; the model is still written.
+#[test]
+fn non_finite_activations_on_calibration_data_are_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    common::python_ok("make_non_finite.py", &[s(dir.path())]);
+    let out = dir.path().join("q.onnx");
+    let report = dir.path().join("q.json");
+    let r = run(&[
+        "quantize",
+        s(&dir.path().join("log_mlp.onnx")),
+        "--calib",
+        s(&dir.path().join("calib")),
+        "-o",
+        s(&out),
+        "--report",
+        s(&report),
+    ]);
+    expect(&r, 0, &[]);
+    assert!(
+        r.stderr.contains("warning:") && r.stderr.contains("'logx'") && r.stderr.contains("NaN"),
+        "{}",
+        r.stderr
+    );
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    let warnings: Vec<&str> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("'logx' (8 of 32)")),
+        "two zeros in each of 4 samples give 8 infinities out of 32 values: {warnings:?}"
+    );
+    assert!(out.exists());
+}

@@ -704,10 +704,26 @@ fn run(
     // A model tract cannot run (an If whose branches tract types differently, a Loop it does
     // not implement) cannot be calibrated; rather than refuse a model ONNX Runtime runs, it
     // gets what needs no activation range: dynamic int8, checked structurally, and says so.
-    let (calibration, unrunnable) =
+    let half = config.plan.mode == Mode::Static
+        && config.accuracy.is_none()
+        && holds_float16(&prepared.model);
+    let (calibration, unrunnable) = if half {
+        // QuantizeLinear of a float16 tensor takes float16 scales (opset 19), which the
+        // rewriter does not write yet, and tract runs float16 ops as slow scalar code: a
+        // float16 model would be calibrated for minutes to quantize nothing valid.
+        warnings.push(
+            "the model computes in float16, which static int8 does not quantize yet: wrote \
+             dynamic int8 of its float32 MatMul/Gemm (if any) instead, checked structurally \
+             but not run; convert the model to float32 first for static int8"
+                .into(),
+        );
+        (Calibration::none("none: float16 model"), true)
+    } else {
         match calibrate_stage(&prepared.model, model_name, &samples, ranges, config) {
             Err(Error::Tract(e))
-                if config.plan.mode == Mode::Static && config.accuracy.is_none() =>
+                if config.plan.mode == Mode::Static
+                    && config.accuracy.is_none()
+                    && !e.contains(crate::engine::MEMORY_REFUSAL) =>
             {
                 warnings.push(format!(
                     "tract cannot run the float model, so no activation range could be \
@@ -721,8 +737,12 @@ fn run(
                 )
             }
             other => (other?, false),
-        };
+        }
+    };
     clock.lap("calibrate");
+    if let Some(w) = non_finite_warning(&calibration.ranges) {
+        warnings.push(w);
+    }
     check_overrides(&prepared.model, &prepared.plan_config)?;
     let graph = prepared
         .model
@@ -835,6 +855,51 @@ fn run(
         warnings,
     };
     Ok((quantized, report))
+}
+
+/// Whether the main graph computes in float16: a float16 graph input, initializer or Cast to
+/// float16.
+fn holds_float16(model: &ModelProto) -> bool {
+    use crate::onnx::pb::tensor_proto::DataType;
+    let f16 = DataType::Float16 as i32;
+    let Some(g) = model.graph.as_ref() else {
+        return false;
+    };
+    g.initializer.iter().any(|t| t.data_type() == f16)
+        || g.input.iter().any(|i| {
+            matches!(
+                i.r#type.as_ref().and_then(|t| t.value.as_ref()),
+                Some(crate::onnx::pb::type_proto::Value::TensorType(t)) if t.elem_type() == f16
+            )
+        })
+        || g.node.iter().any(|n| {
+            n.op_type() == "Cast"
+                && n.attribute
+                    .iter()
+                    .any(|a| a.name() == "to" && a.i() == i64::from(f16))
+        })
+}
+
+/// The tensors that held NaN or infinite values on the calibration data: their ranges are of
+/// the finite values only, and the quantized model will not reproduce the others.
+fn non_finite_warning(ranges: &Ranges) -> Option<String> {
+    let bad: Vec<String> = ranges
+        .tensors
+        .iter()
+        .filter(|(_, r)| r.non_finite > 0)
+        .map(|(name, r)| format!("'{name}' ({} of {})", r.non_finite, r.non_finite + r.count))
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    const SHOWN: usize = 5;
+    Some(format!(
+        "{} tensor(s) held NaN or infinite values on the calibration data; their ranges cover \
+         the finite values only: {}{}",
+        bad.len(),
+        bad[..bad.len().min(SHOWN)].join(", "),
+        if bad.len() > SHOWN { ", ..." } else { "" }
+    ))
 }
 
 /// What the last stages give: the plan, the quantized model, the rewrite's counts, how it
