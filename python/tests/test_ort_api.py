@@ -89,7 +89,7 @@ def test_settings_map_onto_the_cli_flags(cli, tmp_path):
     by_cli = tmp_path / "cli.onnx"
     run_cli(cli, "quantize", CNN, "--calib", CNN_CALIB, "-o", by_cli, "-q", "--per-tensor",
             "--activations", "s8", "--method", "percentile", "--percentile", "99.9",
-            "--exclude-nodes", "head.fc")
+            "--exclude-nodes", "fc")
     by_python = tmp_path / "python.onnx"
     quantize_static(
         onnx.load(str(CNN)),
@@ -97,7 +97,7 @@ def test_settings_map_onto_the_cli_flags(cli, tmp_path):
         load_samples(CNN_CALIB),
         activation_type="QInt8",
         calibrate_method=CalibrationMethod.Percentile,
-        nodes_to_exclude=["head.fc"],
+        nodes_to_exclude=["fc"],
         extra_options={"ActivationSymmetric": True, "CalibPercentile": 99.9,
                        "WeightSymmetric": True, "EnableSubgraph": False},
         show_progress=False,
