@@ -268,6 +268,17 @@ impl ExternalFiles {
         Ok(bytes)
     }
 
+    /// Reads a located span into `buf`, which must be exactly its length.
+    pub fn read_into(&self, span: &ExternalSpan, tensor_name: &str, buf: &mut [u8]) -> Result<()> {
+        if buf.len() as u64 != span.len {
+            return Err(self.error(
+                tensor_name,
+                format!("{} bytes to read into a buffer of {}", span.len, buf.len()),
+            ));
+        }
+        self.read_at(span, 0, buf, tensor_name)
+    }
+
     /// Streams a located span through `f`, at most [`COPY_CHUNK`] bytes at a time, so that a
     /// tensor can be copied without ever being whole in memory.
     pub fn for_each_chunk(

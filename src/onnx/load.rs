@@ -199,13 +199,23 @@ impl Model {
     /// data on demand like [`Model::tensor_bytes`] and decoding it with the decoder of
     /// [`tensor::to_f32`] as it is read.
     pub fn tensor_f32(&self, t: &TensorProto) -> Result<Vec<f32>> {
+        let mut values = Vec::new();
+        self.read_f32_into(t, &mut values)?;
+        Ok(values)
+    }
+
+    /// [`Model::tensor_f32`] into `values`, whose allocation is reused: a float32 tensor in
+    /// external data is read straight into it, with no intermediate copy.
+    pub fn read_f32_into(&self, t: &TensorProto, values: &mut Vec<f32>) -> Result<()> {
         let bad = |message: String| Error::Tensor {
             path: PathBuf::from(self.display_path()),
             tensor: tensor_label(t).to_string(),
             message,
         };
+        values.clear();
         if !tensor::is_external(t) {
-            return tensor::to_f32(t).map_err(bad);
+            *values = tensor::to_f32(t).map_err(bad)?;
+            return Ok(());
         }
         let dt = tensor::data_type(t).map_err(bad)?;
         if !matches!(
@@ -219,11 +229,18 @@ impl Model {
         // Decoded chunk by chunk (whole elements each: the chunk size is a multiple of 8), so
         // that only the f32 values are ever whole in memory, not the raw bytes as well.
         let n = (span.len / dtype::raw_len(dt, 1).unwrap_or(1)) as usize;
-        let mut values = Vec::with_capacity(n);
+        if dt == DataType::Float && cfg!(target_endian = "little") {
+            values.resize(n, 0.0);
+            // SAFETY: the bytes of `n` initialised f32s; every bit pattern is a valid f32,
+            // and on a little-endian machine the file's bytes are the values.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), n * 4) };
+            return files.read_into(&span, name, bytes);
+        }
+        values.reserve(n);
         files.for_each_chunk(&span, name, &mut |chunk| {
-            tensor::extend_f32(dt, chunk, &mut values).map_err(bad)
-        })?;
-        Ok(values)
+            tensor::extend_f32(dt, chunk, values).map_err(bad)
+        })
     }
 
     /// The file name used in messages.

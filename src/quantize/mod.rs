@@ -619,6 +619,7 @@ pub fn quantize(
     run(
         model,
         &rewrite::inline_values,
+        None,
         false,
         model_name,
         source,
@@ -648,8 +649,44 @@ pub fn quantize_model(
     }
     run(
         &model.proto,
-        &|t| model.tensor_f32(t),
+        &|t, values| model.read_f32_into(t, values),
+        None,
         lazy,
+        &model.display_path(),
+        source,
+        ranges,
+        config,
+    )
+}
+
+/// [`quantize_model`] for a model loaded lazily, whose quantized weights are appended to
+/// `writer` (the output's side file, staged until [`ExternalWriter::finish`]) as each is made,
+/// the returned model referring to them: with the float weights read one at a time too, the
+/// conversion holds about one weight in memory, whatever the model's size. Pass the returned
+/// model and `model` (for the weights it leaves unchanged) to [`ExternalWriter::finish`].
+///
+/// [`ExternalWriter::finish`]: crate::onnx::ExternalWriter::finish
+pub fn quantize_model_to(
+    model: &crate::onnx::Model,
+    writer: &mut crate::onnx::ExternalWriter,
+    source: Option<&DataSource>,
+    ranges: Option<Ranges>,
+    config: &QuantizeConfig,
+) -> Result<(ModelProto, QuantizeReport)> {
+    let mut store = |t: &mut crate::onnx::pb::TensorProto| -> Result<()> {
+        let bytes = match t.raw_data.take() {
+            Some(bytes) => bytes,
+            None => crate::onnx::tensor::raw_bytes(t)
+                .map(|b| b.into_owned())
+                .unwrap_or_default(),
+        };
+        writer.append(t, &bytes)
+    };
+    run(
+        &model.proto,
+        &|t, values| model.read_f32_into(t, values),
+        Some(&mut store),
+        model.has_external_refs(),
         &model.display_path(),
         source,
         ranges,
@@ -674,9 +711,11 @@ fn stored_bytes(model: &ModelProto) -> u64 {
     model.encoded_len() as u64 + external
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     model: &ModelProto,
     weights: rewrite::WeightReader,
+    store: Option<rewrite::WeightStore>,
     lazy: bool,
     model_name: &str,
     source: Option<&DataSource>,
@@ -753,7 +792,7 @@ fn run(
     let build = |cfg: &PlanConfig| -> Result<ModelProto> {
         let plan = plan::plan(graph, cfg, &lookup);
         let mut quantized = prepared.model.clone();
-        rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
+        rewrite::rewrite_reading(&mut quantized, &plan, weights, None)?;
         Ok(quantized)
     };
     let mut plan_config = prepared.plan_config.clone();
@@ -771,10 +810,13 @@ fn run(
         accuracy_report = Some(r);
         clock.lap("accuracy search");
     }
-    let finish = |cfg: &PlanConfig, clock: &mut Clock| -> Result<Finished> {
+    let mut store = store;
+    let mut finish = |cfg: &PlanConfig, clock: &mut Clock| -> Result<Finished> {
         let plan = plan::plan(graph, cfg, &lookup);
         let mut quantized = prepared.model.clone();
-        let stats = rewrite::rewrite_reading(&mut quantized, &plan, weights)?;
+        // Taken by the first rewrite: a second one (after a self-repair) keeps its weights
+        // in memory rather than store them twice.
+        let stats = rewrite::rewrite_reading(&mut quantized, &plan, weights, store.take())?;
         keep_declared_value_info(&mut quantized, model);
         clock.lap("plan and rewrite");
         let (execution_check, outputs) = if lazy || unrunnable {

@@ -133,25 +133,35 @@ fn act_zero_point(name: &str, p: &ActParams) -> TensorProto {
     integer_tensor(name, p.ty, &[], std::iter::once(p.zero_point as i64))
 }
 
-/// Reads a constant's float values: from the tensor itself, or, for a model loaded lazily,
-/// from its external-data file, one tensor at a time.
-pub type WeightReader<'a> = &'a (dyn Fn(&TensorProto) -> Result<Vec<f32>> + Sync);
+/// Reads a constant's float values into the buffer (replacing what it held; a buffer handed
+/// back is reused, so that reading a model larger than memory does not fault in fresh pages
+/// for every weight): from the tensor itself, or, for a model loaded lazily, from its
+/// external-data file, one tensor at a time.
+pub type WeightReader<'a> = &'a (dyn Fn(&TensorProto, &mut Vec<f32>) -> Result<()> + Sync);
+
+/// Takes each initializer weight-only mode writes as soon as it is made (a streamed save
+/// appends it to the output's side file and leaves a reference in its place), so that the
+/// quantized weights of a model larger than memory are never all held at once.
+pub type WeightStore<'a> = &'a mut dyn FnMut(&mut TensorProto) -> Result<()>;
 
 /// Values of an in-memory tensor.
-pub fn inline_values(t: &TensorProto) -> Result<Vec<f32>> {
-    tensor::to_f32(t).map_err(|e| Error::Model(format!("weight '{}': {e}", t.name())))
+pub fn inline_values(t: &TensorProto, values: &mut Vec<f32>) -> Result<()> {
+    *values = tensor::to_f32(t).map_err(|e| Error::Model(format!("weight '{}': {e}", t.name())))?;
+    Ok(())
 }
 
 /// Applies `plan` to the main graph of `model` (whose tensors are all in memory).
 pub fn rewrite(model: &mut ModelProto, plan: &Plan) -> Result<RewriteStats> {
-    rewrite_reading(model, plan, &inline_values)
+    rewrite_reading(model, plan, &inline_values, None)
 }
 
-/// Applies `plan`, reading weight-only mode's weights through `weights`.
+/// Applies `plan`, reading weight-only mode's weights through `weights` and handing the
+/// quantized ones to `store` when one is given.
 pub fn rewrite_reading(
     model: &mut ModelProto,
     plan: &Plan,
     weights: WeightReader,
+    store: Option<WeightStore>,
 ) -> Result<RewriteStats> {
     let mut names = Names::of_model(model);
     let graph = model
@@ -349,7 +359,7 @@ pub fn rewrite_reading(
     stats.weights += dynamic.weights.len();
     stats.dynamic_kernels = std::mem::take(&mut dynamic.kernels);
     stats.weight_errors = std::mem::take(&mut dynamic.weights);
-    let mut weight_only = weight_only::rewrite(&index, plan, &mut names, weights)?;
+    let mut weight_only = weight_only::rewrite(&index, plan, &mut names, weights, store)?;
     new_inits.append(&mut weight_only.initializers);
     stats.weights += weight_only.weights.len();
     stats.weight_errors.append(&mut weight_only.weights);

@@ -6,7 +6,7 @@
 //!   `DequantizeLinear` feeding a plain MatMul; an 8-bit table is gathered first, with its
 //!   scales, and only the gathered rows are dequantized.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::attr_int;
 use super::dynamic::{WeightError, MS_DOMAIN};
@@ -15,9 +15,7 @@ use crate::graph::{GraphIndex, Names};
 use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::pb::{NodeProto, TensorProto};
 use crate::onnx::tensor;
-use crate::quantize::blockwise::{
-    gptq, pack, quantize_laid_out, Algorithm, BlockQuantized, GptqFactor, Layout,
-};
+use crate::quantize::blockwise::{gptq, pack, quantize_laid_out, Algorithm, GptqFactor, Layout};
 use crate::quantize::plan::{Plan, WeightForm, WeightOnlyKind, WeightOnlyUse};
 
 /// What weight-only mode adds to the graph.
@@ -85,6 +83,69 @@ pub(super) fn rewrite(
     plan: &Plan,
     names: &mut Names,
     weights: super::WeightReader,
+    store: Option<super::WeightStore>,
+) -> Result<WeightOnlyRewrite> {
+    // The float weights in the order the units below first need them, read by a second
+    // thread one weight ahead: reading the next weight (from disk, for a model larger than
+    // memory) overlaps quantizing this one, and at most two are in memory.
+    let mut seen = HashSet::new();
+    let order = plan
+        .weight_only
+        .iter()
+        .filter(|u| seen.insert(cache_key(u)))
+        .map(|u| {
+            index
+                .constant(&u.weight)
+                .ok_or_else(|| Error::Model(format!("weight '{}' is not a constant", u.weight)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        // Buffers the units are done with, back to the reader for the next weights.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<f32>>();
+        scope.spawn(move || {
+            for t in &order {
+                let mut values = done_rx.try_recv().unwrap_or_default();
+                let read = weights(t, &mut values).map(|()| values);
+                if tx.send(read).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut next = || {
+            rx.recv()
+                .unwrap_or_else(|_| Err(Error::Model("the weight reader stopped".into())))
+        };
+        let mut done = |values: Vec<f32>| drop(done_tx.send(values));
+        rewrite_units(index, plan, names, weights, store, &mut next, &mut done)
+    })
+}
+
+/// Units that quantize the same weight the same way share its initializers.
+fn cache_key(u: &WeightOnlyUse) -> String {
+    let (transposed, alpha) = layout_of(u);
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{}|{}",
+        u.weight,
+        u.activation,
+        transposed,
+        u.spec,
+        u.form,
+        matches!(u.kind, WeightOnlyKind::Table),
+        alpha.to_bits()
+    )
+}
+
+/// [`rewrite`] of every unit, the float values of each weight first needed taken from
+/// `next_values`.
+fn rewrite_units(
+    index: &GraphIndex,
+    plan: &Plan,
+    names: &mut Names,
+    weights: super::WeightReader,
+    mut store: Option<super::WeightStore>,
+    next_values: &mut dyn FnMut() -> Result<Vec<f32>>,
+    done_with: &mut dyn FnMut(Vec<f32>),
 ) -> Result<WeightOnlyRewrite> {
     let graph = index.graph();
     let mut out = WeightOnlyRewrite::default();
@@ -98,17 +159,7 @@ pub(super) fn rewrite(
         } else {
             original.name().to_string()
         };
-        let (transposed, alpha) = layout_of(u);
-        let key = format!(
-            "{}|{}|{}|{:?}|{:?}|{}|{}",
-            u.weight,
-            u.activation,
-            transposed,
-            u.spec,
-            u.form,
-            matches!(u.kind, WeightOnlyKind::Table),
-            alpha.to_bits()
-        );
+        let key = cache_key(u);
         let (written, block) = match cache.get(&key) {
             Some(w) => w.clone(),
             None => {
@@ -124,7 +175,15 @@ pub(super) fn rewrite(
                     (_, Some(f)) => f,
                     _ => &None,
                 };
-                let w = write_weight(index, u, factor.as_ref(), weights, names, &mut out)?;
+                let made = out.initializers.len();
+                let values = next_values()?;
+                let w = write_weight(u, &values, factor.as_ref(), names, &mut out)?;
+                done_with(values);
+                if let Some(store) = store.as_mut() {
+                    out.initializers[made..]
+                        .iter_mut()
+                        .try_for_each(&mut **store)?;
+                }
                 cache.insert(key, w.clone());
                 w
             }
@@ -184,7 +243,8 @@ pub(super) fn rewrite(
                         let t = index
                             .constant(c)
                             .ok_or_else(|| Error::Model(format!("bias '{c}' is not a constant")))?;
-                        let v = weights(&t)?;
+                        let mut v = Vec::new();
+                        weights(&t, &mut v)?;
                         let scaled: Vec<f32> = v.iter().map(|x| x * beta).collect();
                         let name = names.fresh(&format!("{c}_beta"));
                         out.initializers
@@ -284,22 +344,17 @@ fn layout_of(u: &WeightOnlyUse) -> (bool, f32) {
 /// Quantizes one weight and writes its initializers in the use's form: (levels, scales,
 /// zero points) names and the block size as written.
 fn write_weight(
-    index: &GraphIndex,
     u: &WeightOnlyUse,
+    values: &[f32],
     factor: Option<&GptqFactor>,
-    weights: super::WeightReader,
     names: &mut Names,
     out: &mut WeightOnlyRewrite,
 ) -> Result<(Written, usize)> {
-    let t = index
-        .constant(&u.weight)
-        .ok_or_else(|| Error::Model(format!("weight '{}' is not a constant", u.weight)))?;
-    let values = weights(&t)?;
     let (transposed, alpha) = layout_of(u);
     let layout = if transposed { Layout::NK } else { Layout::KN };
     let mut q = match (u.spec.algorithm, factor) {
-        (Algorithm::Gptq, Some(f)) => gptq(&values, u.k, u.n, layout, u.spec, Some(f)),
-        _ => quantize_laid_out(&values, u.k, u.n, layout, u.spec),
+        (Algorithm::Gptq, Some(f)) => gptq(values, u.k, u.n, layout, u.spec, Some(f)),
+        _ => quantize_laid_out(values, u.k, u.n, layout, u.spec),
     };
     out.weights.push(WeightError {
         tensor: u.weight.clone(),
@@ -314,7 +369,7 @@ fn write_weight(
             q.spec.block,
             u.spec.algorithm.name()
         ),
-        sqnr_db: sqnr(&q, &values, layout),
+        sqnr_db: q.weight_sqnr_db(),
     });
     if alpha != 1.0 {
         q.scales.iter_mut().for_each(|s| *s *= alpha);
@@ -415,19 +470,4 @@ fn write_weight(
         }
     }
     Ok(((q_name, s_name, z_name), block))
-}
-
-fn sqnr(q: &BlockQuantized, values: &[f32], layout: Layout) -> f64 {
-    match layout {
-        Layout::KN => q.sqnr_db(values),
-        Layout::NK => {
-            let mut kn = vec![0f32; values.len()];
-            for c in 0..q.n {
-                for r in 0..q.k {
-                    kn[r * q.n + c] = values[c * q.k + r];
-                }
-            }
-            q.sqnr_db(&kn)
-        }
-    }
 }
