@@ -216,8 +216,10 @@ fn minilm_4_bit_default_beats_onnxruntime_rtn_at_a_quarter_of_the_size() {
 }
 
 /// 8-bit weights in both forms. Blocks of 32 reach the 0.9999; one block per output
-/// channel reaches 0.99985 on these sentences, short of it (MiniLM's matrices have outlier
-/// input rows that set every column's scale): that figure is guarded here, not the target.
+/// channel reaches 0.99985 on these sentences without data, short of it (MiniLM's matrices
+/// have outlier input rows that set every column's scale, and no clipping ratio lowers the
+/// error at 8 bits): that figure is guarded here; GPTQ reaches the target
+/// (`minilm_gptq_with_calibration_data_reaches_0_99`).
 #[test]
 fn minilm_8_bit_is_nearly_exact() {
     let float = minilm();
@@ -338,6 +340,29 @@ fn minilm_gptq_with_calibration_data_reaches_0_99() {
     assert_nbits_kernels("gptq", &report, &verdict);
     eprintln!("minilm gptq: mean cosine {:.5}", mean_cosine(&verdict));
     assert!(mean_cosine(&verdict) >= 0.99, "{verdict}");
+
+    // 8 bits with one scale per output channel: the 0.9999, which the data-free
+    // search misses (0.99986, `minilm_8_bit_is_nearly_exact`), is reached by GPTQ.
+    for (extra, floor) in [(&[][..], 0.9999), (&["--asymmetric"][..], 0.9999)] {
+        let out = dir.path().join("gptq8.onnx");
+        let mut args = vec![
+            "--calib",
+            s(&calib),
+            "--bits",
+            "8",
+            "--block",
+            "per-channel",
+        ];
+        args.extend(extra);
+        let report = quantize(&float, &out, &args);
+        let verdict = common::check(&float, &out, &held, None);
+        assert_nbits_kernels("gptq 8-bit per-channel", &report, &verdict);
+        eprintln!(
+            "minilm gptq 8-bit per-channel {extra:?}: mean cosine {:.6}",
+            mean_cosine(&verdict)
+        );
+        assert!(mean_cosine(&verdict) >= floor, "{extra:?}: {verdict}");
+    }
 }
 
 #[test]

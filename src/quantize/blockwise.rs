@@ -465,14 +465,21 @@ fn search_lanes(tile: &[f32], spec: &BlockSpec, ratios: &[f32], levels: &mut [u8
             for j in 0..LANES {
                 inverse[j] = if scale[j] == 0.0 { 0.0 } else { 1.0 / scale[j] };
             }
-            let mut noise = [0f32; LANES];
-            for row in tile.chunks_exact(LANES) {
+            // Four partial sums (rows by their index mod 4), so that the additions do not
+            // wait on each other; added in a fixed order.
+            let mut partial = [[0f32; LANES]; 4];
+            for (r, row) in tile.chunks_exact(LANES).enumerate() {
+                let sum = &mut partial[r % 4];
                 for j in 0..LANES {
                     let v = row[j];
                     let q = level_of(v * inverse[j], zero[j], qmax);
                     let d = v - (q - zero[j]) * scale[j];
-                    noise[j] += d * d;
+                    sum[j] += d * d;
                 }
+            }
+            let mut noise = [0f32; LANES];
+            for j in 0..LANES {
+                noise[j] = (partial[0][j] + partial[1][j]) + (partial[2][j] + partial[3][j]);
             }
             for j in 0..LANES {
                 // A zero scale (an all-zero column block) keeps ratio 1's parameters.
