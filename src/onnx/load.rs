@@ -230,6 +230,9 @@ impl Model {
         // that only the f32 values are ever whole in memory, not the raw bytes as well.
         let n = (span.len / dtype::raw_len(dt, 1).unwrap_or(1)) as usize;
         if dt == DataType::Float && cfg!(target_endian = "little") {
+            if direct_io_pays(&span.file) && files.read_f32_direct(&span, name, values)? {
+                return Ok(());
+            }
             values.resize(n, 0.0);
             // SAFETY: the bytes of `n` initialised f32s; every bit pattern is a valid f32,
             // and on a little-endian machine the file's bytes are the values.
@@ -250,6 +253,22 @@ impl Model {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<in-memory model>".into())
     }
+}
+
+/// Whether weights are better read past the page cache: when their file is over half the
+/// machine's memory (`ONNX_PTQ_DIRECT_IO=1` or `0` decides instead), since it could not stay
+/// cached anyway and caching it only makes the kernel evict page after page. A smaller file is
+/// read through the cache, which serves a second run from memory.
+fn direct_io_pays(file: &Path) -> bool {
+    match std::env::var("ONNX_PTQ_DIRECT_IO").as_deref() {
+        Ok("1") => return true,
+        Ok("0") => return false,
+        _ => {}
+    }
+    let (Ok(meta), Some(total)) = (std::fs::metadata(file), crate::memory::mem_total()) else {
+        return false;
+    };
+    meta.len() > total / 2
 }
 
 /// A tensor's name for messages; tensors held in node attributes may have none.
