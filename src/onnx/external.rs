@@ -282,9 +282,10 @@ impl ExternalFiles {
     /// Reads a located span of float32 values into `values` with direct I/O (Linux
     /// `O_DIRECT`), which bypasses the page cache: a model larger than memory then streams from
     /// disk without the kernel caching, and then evicting, every page it reads (on a 28 GB
-    /// model, the conversion's system time fell from 55 s to 19 s). `Ok(false)` when direct I/O cannot be used here (another
-    /// system, a filesystem without it, a span under 16 MiB or not 4-byte aligned): read it
-    /// the ordinary way then. The values are the file's bytes: little-endian machines only.
+    /// model, the conversion's system time fell from 55 s to 19 s). `Ok(false)` when direct
+    /// I/O cannot be used here (another system, a filesystem without it, a span under 16 MiB
+    /// or not 4-byte aligned): read it the ordinary way then. The values are the file's bytes:
+    /// little-endian machines only.
     pub fn read_f32_direct(
         &self,
         span: &ExternalSpan,
