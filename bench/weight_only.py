@@ -5,8 +5,7 @@ Models:
   - minilm:  MiniLM-L3 (quantize.py MODELS["minilm"]), output "461"; held-out samples
              tests/py/model_data.py seed 1 padded to 64 tokens; GPTQ calibrates on seed 0, padded
              to 64 tokens too.
-  - decoder: a generated decoder-only transformer (bench/make_decoder.py when it exists and
-             accepts `OUT --hidden H --layers L --vocab V`, otherwise the generator below):
+  - decoder: a generated decoder-only transformer (the generator below):
              token Gather on a [V,H] table, --layers pre-norm blocks (LayerNormalization,
              attention with MatMul [H,H] x4 and heads of 64, MLP MatMul [H,4H] and [4H,H] with SiLU,
              residual Adds; no causal mask, which changes nothing measured here), final
@@ -190,13 +189,8 @@ def build_decoder(path, hidden, layers, vocab, seed=0):
 
 
 def make_decoder(path, hidden, layers, vocab):
-    script = os.path.join(HERE, "make_decoder.py")
-    if os.path.exists(script):
-        try:
-            qb.run([sys.executable, script, path, "--hidden", str(hidden), "--layers", str(layers), "--vocab", str(vocab)])
-            return "bench/make_decoder.py"
-        except RuntimeError as e:
-            print(f"  (bench/make_decoder.py failed, using the built-in generator: {str(e)[:200]})", file=sys.stderr)
+    """The built-in generator, in memory (bench/make_decoder.py writes external data for the
+    large-model runs and has a different attention; bench/large_weight_only.py uses it)."""
     build_decoder(path, hidden, layers, vocab)
     return "built-in"
 
