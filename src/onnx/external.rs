@@ -408,7 +408,7 @@ mod direct {
     const MIN_LEN: u64 = 16 << 20;
 
     pub(super) fn read_f32(span: &ExternalSpan, values: &mut Vec<f32>) -> io::Result<bool> {
-        if span.len < MIN_LEN || span.offset % 4 != 0 || span.len % 4 != 0 {
+        if span.len < MIN_LEN || !span.offset.is_multiple_of(4) || !span.len.is_multiple_of(4) {
             return Ok(false);
         }
         let Ok(file) = std::fs::OpenOptions::new()
