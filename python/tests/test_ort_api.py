@@ -194,7 +194,9 @@ def test_a_keyboard_interrupt_in_the_reader_writes_nothing(tmp_path, monkeypatch
 
 def test_ctrl_c_during_the_native_run_stops_it_and_writes_nothing(sample_dirs, tmp_path):
     """SIGINT while Rust calibrates: KeyboardInterrupt within a fraction of a second."""
-    samples = load_samples(sample_dirs("minilm", 8))
+    # 32 sentences take the native run several seconds; the signal comes a quarter of a second
+    # into it (with 8 sentences and a 1 s delay the run sometimes finished first).
+    samples = load_samples(sample_dirs("minilm", 32))
     sent = {}
 
     class SignalWhenDone(ArrayReader):
@@ -204,7 +206,7 @@ def test_ctrl_c_during_the_native_run_stops_it_and_writes_nothing(sample_dirs, t
                 def interrupt():
                     sent["at"] = time.monotonic()
                     os.kill(os.getpid(), signal.SIGINT)
-                threading.Timer(1.0, interrupt).start()
+                threading.Timer(0.25, interrupt).start()
             return sample
 
     out = tmp_path / "out.onnx"
