@@ -27,7 +27,9 @@ use onnx_ptq::calibrate::{
     RangeMethod, Ranges,
 };
 use onnx_ptq::compare::{compare_models, Bounds, CompareConfig};
-use onnx_ptq::onnx::{decode_model, external_data_path, Model, OutputPlan, SaveOptions};
+use onnx_ptq::onnx::{
+    decode_model, external_data_path, ExternalWriter, Model, OutputPlan, PendingFiles, SaveOptions,
+};
 use onnx_ptq::quantize::blockwise::Algorithm;
 use onnx_ptq::quantize::plan::{WeightForm, WeightOnlyConfig};
 use onnx_ptq::quantize::{
@@ -125,7 +127,14 @@ impl ModelArg {
 
     /// Loads the model; also returns the name the CLI would label it with.
     fn load(self) -> Result<(Model, String)> {
+        self.load_with(false)
+    }
+
+    /// [`ModelArg::load`], leaving a file's external data on disk when `lazy` (weight-only
+    /// mode without data reads each weight when it quantizes it, as the CLI does).
+    fn load_with(self, lazy: bool) -> Result<(Model, String)> {
         match self {
+            ModelArg::Path(p) if lazy => Ok((Model::load_lazy(&p)?, p.display().to_string())),
             ModelArg::Path(p) => Ok((Model::load(&p)?, p.display().to_string())),
             ModelArg::Bytes(b) => {
                 // External data, if any, is looked up relative to the working directory.
@@ -611,8 +620,13 @@ fn quantize(
         external_threshold: o.external_data.then_some(1024),
         ..SaveOptions::default()
     };
-    let (model, report) = interruptible(py, move || {
-        let (loaded, name) = model.load()?;
+    // Weight-only mode without data never needs the float model whole, as in the CLI: its
+    // weights stay on disk, and the quantized ones are staged in the output's side file as
+    // they are made, so a model larger than memory converts.
+    let lazy = mode == Mode::WeightOnly && data.is_none();
+    let destination = output.clone();
+    let (written, report) = interruptible(py, move || {
+        let (loaded, name) = model.load_with(lazy)?;
         check_external(
             &mut plan,
             "an external-data file of the input model",
@@ -649,18 +663,42 @@ fn quantize(
             compare_samples: o.compare_samples,
             accuracy,
         };
+        if loaded.has_external_refs() {
+            let mut writer = ExternalWriter::create(&destination, &loaded.source_files)?;
+            let (quantized, report) = onnx_ptq::quantize::quantize_model_to(
+                &loaded,
+                &mut writer,
+                source.as_ref(),
+                ranges,
+                &config,
+            )?;
+            let (_, staged) = writer.finish_staged(quantized, Some(&loaded))?;
+            return Ok((Written::Staged(staged), to_json(&report)?));
+        }
         let (quantized, report) =
             onnx_ptq::quantize::quantize(&loaded.proto, &name, source.as_ref(), ranges, &config)?;
         let model = Model {
             proto: quantized,
             ..loaded
         };
-        Ok((model, to_json(&report)?))
+        Ok((Written::Model(Box::new(model)), to_json(&report)?))
     })?;
+    // After an interrupt nothing is committed: staged files are removed when dropped.
     py.check_signals()?;
-    py.detach(|| model.save(&output, &save).map(drop))
-        .map_err(|e| PyErr::from(Failure::Lib(e)))?;
+    py.detach(|| match written {
+        Written::Staged(staged) => staged.commit(),
+        Written::Model(model) => model.save(&output, &save).map(drop),
+    })
+    .map_err(|e| PyErr::from(Failure::Lib(e)))?;
     Ok(report)
+}
+
+/// What a quantize run leaves to write once it is known not to have been interrupted.
+enum Written {
+    /// The quantized model, to save.
+    Model(Box<Model>),
+    /// A streamed model and side file, staged as temporaries, to commit.
+    Staged(PendingFiles),
 }
 
 /// Calibrates `model` on `data`; writes the ranges to `output` when given and returns them.

@@ -1,6 +1,8 @@
 """The native API: the CLI's commands with its flags as keyword arguments."""
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import onnx
@@ -9,7 +11,7 @@ import pytest
 import onnx_ptq
 from onnx_ptq import QuantizationError
 
-from conftest import FIXTURES, load_samples, run_cli
+from conftest import FIXTURES, REPO, load_samples, run_cli
 
 CNN = FIXTURES / "cnn.onnx"
 CNN_CALIB = FIXTURES / "cnn_calib"
@@ -116,6 +118,25 @@ def test_weight_only_mode_matches_the_cli(kwargs, flags, cli, tmp_path):
                                **kwargs)
     assert report["mode"] == "weight_only"  # the report's spelling
     assert by_python.read_bytes() == by_cli.read_bytes()
+
+
+def test_weight_only_streams_a_model_with_external_data_like_the_cli(cli, tmp_path):
+    """A model whose weights are in a side file is read weight by weight and written as it
+    goes (lazy load, streamed side file), as by the CLI: the same bytes, model and side file."""
+    src = tmp_path / "decoder"
+    subprocess.run([os.environ["ONNX_PTQ_PYTHON"], str(REPO / "bench/make_decoder.py"),
+                    "--out", str(src), "--hidden", "256", "--layers", "2", "--vocab", "1000"],
+                   check=True, capture_output=True)
+    model = src / "model.onnx"
+    by_cli, by_python = tmp_path / "cli" / "q.onnx", tmp_path / "python" / "q.onnx"
+    by_cli.parent.mkdir()
+    by_python.parent.mkdir()
+    run_cli(cli, "quantize", model, "--mode", "weight-only", "-o", by_cli, "-q")
+    report = onnx_ptq.quantize(model, by_python, mode="weight-only", show_progress=False)
+    assert report["quantized_ops"].get("MatMul", 0) > 0
+    for a, b in [(by_cli, by_python), (by_cli.with_name("q.onnx.data"), by_python.with_name("q.onnx.data"))]:
+        assert a.read_bytes() == b.read_bytes(), b
+    assert sorted(p.name for p in by_python.parent.iterdir()) == ["q.onnx", "q.onnx.data"]
 
 
 def test_inspect_and_validate(cnn_int8):
