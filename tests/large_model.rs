@@ -517,6 +517,32 @@ fn stream_copy_child() {
     println!("{report:?}");
 }
 
+/// `onnx-ptq quantize MODEL --mode weight-only -q -o OUT` with `ONNX_PTQ_DIRECT_IO` set to
+/// `direct_io`, under `/usr/bin/time -v` when `timed`.
+fn weight_only(timed: bool, model: &Path, out: &Path, direct_io: &str) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_onnx-ptq");
+    let mut command = if timed {
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-v").arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    command
+        .args([
+            "quantize",
+            model.to_str().unwrap(),
+            "--mode",
+            "weight-only",
+            "-q",
+        ])
+        .arg("-o")
+        .arg(out)
+        .env("ONNX_PTQ_DIRECT_IO", direct_io)
+        .output()
+        .unwrap()
+}
+
 /// The acceptance bound for large models: the default decoder of `make_decoder.py` (about
 /// 2.34 GB, over the 2 GiB protobuf limit) converts with peak RSS, file-backed pages included,
 /// at most half its size, and the output runs in onnxruntime with the same logits.
@@ -594,21 +620,7 @@ fn a_decoder_over_2_gib_copies_in_half_its_size_of_memory() {
     std::fs::create_dir_all(&q_dir).unwrap();
     let q = q_dir.join("model.int4.onnx");
     // Measured with direct I/O, which a model over half the machine's memory gets.
-    let run = Command::new(time)
-        .arg("-v")
-        .arg(env!("CARGO_BIN_EXE_onnx-ptq"))
-        .args([
-            "quantize",
-            path.to_str().unwrap(),
-            "--mode",
-            "weight-only",
-            "-q",
-        ])
-        .arg("-o")
-        .arg(&q)
-        .env("ONNX_PTQ_DIRECT_IO", "1")
-        .output()
-        .unwrap();
+    let run = weight_only(true, &path, &q, "1");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         run.status.success(),
@@ -639,19 +651,7 @@ fn a_decoder_over_2_gib_copies_in_half_its_size_of_memory() {
     let cached_dir = root.path().join("q-cached");
     std::fs::create_dir_all(&cached_dir).unwrap();
     let cached = cached_dir.join("model.int4.onnx");
-    let run = Command::new(env!("CARGO_BIN_EXE_onnx-ptq"))
-        .args([
-            "quantize",
-            path.to_str().unwrap(),
-            "--mode",
-            "weight-only",
-            "-q",
-        ])
-        .arg("-o")
-        .arg(&cached)
-        .env("ONNX_PTQ_DIRECT_IO", "0")
-        .output()
-        .unwrap();
+    let run = weight_only(false, &path, &cached, "0");
     assert!(
         run.status.success(),
         "{}",

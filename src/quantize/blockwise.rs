@@ -182,6 +182,16 @@ pub fn quantize(values: &[f32], k: usize, n: usize, spec: BlockSpec) -> BlockQua
     quantize_laid_out(values, k, n, Layout::KN, spec)
 }
 
+/// The clipping ratios a weight's blocks are searched over: ratio 1 alone for RTN; a short
+/// grid at 8 bits, whose levels leave little to gain from clipping (it keeps tables fast).
+fn search_ratios(spec: &BlockSpec) -> &'static [f32] {
+    match (spec.algorithm, spec.bits) {
+        (Algorithm::Rtn, _) => &CLIP_RATIOS[..1],
+        (_, 8) => &CLIP_RATIOS[..3],
+        _ => &CLIP_RATIOS,
+    }
+}
+
 /// Quantizes `values` holding a `K × N` matrix in `layout`, block-wise along K per column.
 pub fn quantize_laid_out(
     values: &[f32],
@@ -199,12 +209,7 @@ pub fn quantize_laid_out(
     let mut zero_points = vec![mid; n * kb];
     // Per column, so that the totals are summed in one order whatever the thread count.
     let mut powers = vec![(0f64, 0f64); n];
-    // 8-bit levels leave little to gain from clipping: a short grid keeps tables fast.
-    let ratios: &[f32] = match (spec.algorithm, spec.bits) {
-        (Algorithm::Rtn, _) => &CLIP_RATIOS[..1],
-        (_, 8) => &CLIP_RATIOS[..3],
-        _ => &CLIP_RATIOS,
-    };
+    let ratios = search_ratios(&spec);
     // Columns are independent: split them over the cores. Each worker writes its own
     // contiguous range of every output, so the result does not depend on the thread count.
     let threads = std::thread::available_parallelism()
@@ -1052,13 +1057,7 @@ mod tests {
             signal: 0.0,
             noise: 0.0,
         };
-        let ratios = if spec.algorithm == Algorithm::Rtn {
-            &CLIP_RATIOS[..1]
-        } else if spec.bits == 8 {
-            &CLIP_RATIOS[..3]
-        } else {
-            &CLIP_RATIOS[..]
-        };
+        let ratios = search_ratios(&spec);
         for c in 0..n {
             let column: Vec<f32> = (0..k)
                 .map(|r| match layout {
