@@ -8,8 +8,9 @@
 //! - round-to-nearest (RTN), exactly as ONNX Runtime's `MatMulNBitsQuantizer` does it: the
 //!   symmetric scale is `absmax / -2^(bits-1)` so that the largest magnitude lands on the
 //!   level that has no positive twin (−8 of [−8, 7]);
-//! - a clipping search: for each block, the range is shrunk by each ratio of a grid and the
-//!   one with the smallest squared error of the block kept (RTN is ratio 1, so the search
+//! - a clipping search: for each block, the range is shrunk by a ratio and the one with the
+//!   smallest squared error of the block kept, found coarse to fine (a grid of four ratios,
+//!   then two refinements around the best; RTN is ratio 1, the grid's first, so the search
 //!   is never worse than RTN on any block).
 
 use serde::Serialize;
@@ -118,10 +119,68 @@ impl BlockQuantized {
     }
 }
 
-/// Clipping ratios the search tries (1.0 is plain RTN).
+/// Clipping ratios GPTQ tries for each block's range (1.0 is plain RTN).
 const CLIP_RATIOS: [f32; 12] = [
     1.0, 0.975, 0.95, 0.925, 0.9, 0.875, 0.85, 0.825, 0.8, 0.775, 0.75, 0.7,
 ];
+
+/// How a block's clipping ratio is searched: every ratio of `grid`, then for each step of
+/// `refine`, the best ratio so far moved up and down by the step (kept within the grid's
+/// span). The 4-bit search reaches every multiple of 0.025 in [0.7, 1] in 8 trials where
+/// trying them all takes 13, and the error is close enough to unimodal in the ratio that it
+/// chooses as well (weight SQNR within 0.01 dB on the measured models).
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    grid: &'static [f32],
+    refine: &'static [f32],
+}
+
+impl Search {
+    /// The search for `spec`: ratio 1 alone for RTN; a short grid at 8 bits, whose levels
+    /// leave little to gain from clipping (it keeps tables fast).
+    fn of(spec: &BlockSpec) -> Search {
+        let (grid, refine): (&[f32], &[f32]) = match (spec.algorithm, spec.bits) {
+            (Algorithm::Rtn, _) => (&[1.0], &[]),
+            (_, 8) => (&[1.0, 0.975, 0.95], &[]),
+            _ => (&[1.0, 0.9, 0.8, 0.7], &[0.05, 0.025]),
+        };
+        Search { grid, refine }
+    }
+
+    /// Whether anything but ratio 1 is tried.
+    fn searches(&self) -> bool {
+        self.grid.len() > 1 || !self.refine.is_empty()
+    }
+
+    /// The two ratios a refinement by `step` tries around `center`: the same `f32`
+    /// arithmetic in the scalar and the vectorised search.
+    #[inline(always)]
+    fn around(&self, center: f32, step: f32) -> [f32; 2] {
+        let lo = self.grid.iter().copied().fold(1f32, f32::min);
+        [(center + step).min(1.0), (center - step).max(lo)]
+    }
+
+    /// The ratio of least error, `error` giving a ratio's error (the first of equal errors
+    /// wins, ratio 1 first of all).
+    fn run(&self, mut error: impl FnMut(f32) -> f64) -> f32 {
+        let mut best = (f64::INFINITY, 1f32);
+        let mut consider = |ratio: f32, best: &mut (f64, f32)| {
+            let e = error(ratio);
+            if e < best.0 {
+                *best = (e, ratio);
+            }
+        };
+        for &ratio in self.grid {
+            consider(ratio, &mut best);
+        }
+        for &step in self.refine {
+            for ratio in self.around(best.1, step) {
+                consider(ratio, &mut best);
+            }
+        }
+        best.1
+    }
+}
 
 /// Quantizes one block of `values` with the range shrunk by `ratio`: (levels, scale, zero
 /// point, squared error).
@@ -182,16 +241,6 @@ pub fn quantize(values: &[f32], k: usize, n: usize, spec: BlockSpec) -> BlockQua
     quantize_laid_out(values, k, n, Layout::KN, spec)
 }
 
-/// The clipping ratios a weight's blocks are searched over: ratio 1 alone for RTN; a short
-/// grid at 8 bits, whose levels leave little to gain from clipping (it keeps tables fast).
-fn search_ratios(spec: &BlockSpec) -> &'static [f32] {
-    match (spec.algorithm, spec.bits) {
-        (Algorithm::Rtn, _) => &CLIP_RATIOS[..1],
-        (_, 8) => &CLIP_RATIOS[..3],
-        _ => &CLIP_RATIOS,
-    }
-}
-
 /// Quantizes `values` holding a `K × N` matrix in `layout`, block-wise along K per column.
 pub fn quantize_laid_out(
     values: &[f32],
@@ -209,7 +258,7 @@ pub fn quantize_laid_out(
     let mut zero_points = vec![mid; n * kb];
     // Per column, so that the totals are summed in one order whatever the thread count.
     let mut powers = vec![(0f64, 0f64); n];
-    let ratios = search_ratios(&spec);
+    let search = Search::of(&spec);
     // Columns are independent: split them over the cores. Each worker writes its own
     // contiguous range of every output, so the result does not depend on the thread count.
     let threads = std::thread::available_parallelism()
@@ -240,7 +289,7 @@ pub fn quantize_laid_out(
                 n,
                 layout,
                 spec: BlockSpec { block, ..spec },
-                ratios,
+                search,
                 first,
             };
             scope.spawn(move || {
@@ -283,7 +332,7 @@ struct Columns<'a> {
     n: usize,
     layout: Layout,
     spec: BlockSpec,
-    ratios: &'a [f32],
+    search: Search,
     first: usize,
 }
 
@@ -390,9 +439,9 @@ impl Columns<'_> {
                     .iter()
                     .fold(0u32, |m, v| m.max(v.to_bits() & 0x7f80_0000));
                 let found = if exponents != 0x7f80_0000 {
-                    search_lanes(&tile, &self.spec, self.ratios, &mut tile_levels)
+                    search_lanes(&tile, &self.spec, self.search, &mut tile_levels)
                 } else {
-                    scalar_lanes(&tile, rows, &self.spec, self.ratios, &mut tile_levels)
+                    scalar_lanes(&tile, rows, &self.spec, self.search, &mut tile_levels)
                 };
                 for j in 0..width {
                     let c = start + j;
@@ -418,6 +467,14 @@ struct Found {
     noise: [f32; LANES],
 }
 
+/// The search's best parameters so far, per lane.
+struct Best {
+    scale: [f32; LANES],
+    zero: [f32; LANES],
+    ratio: [f32; LANES],
+    noise: [f32; LANES],
+}
+
 /// Adding and subtracting this rounds an `f32` of magnitude below 2²² to the nearest
 /// integer, ties to even (the default rounding mode), in two vectorisable operations: what
 /// `round_ties_even` computes, without a libm call per value on CPUs without SSE4.1.
@@ -437,7 +494,7 @@ fn level_of(t: f32, zero: f32, qmax: f32) -> f32 {
 /// squared error found with the quotient taken as a product by the reciprocal (about twice
 /// as fast as a division), then the chosen range rounded exactly.
 #[inline(always)]
-fn search_lanes(tile: &[f32], spec: &BlockSpec, ratios: &[f32], levels: &mut [u8]) -> Found {
+fn search_lanes(tile: &[f32], spec: &BlockSpec, search: Search, levels: &mut [u8]) -> Found {
     let qmax = ((1u32 << spec.bits) - 1) as f32;
     let mid = (1u32 << (spec.bits - 1)) as f32;
     let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
@@ -456,13 +513,13 @@ fn search_lanes(tile: &[f32], spec: &BlockSpec, ratios: &[f32], levels: &mut [u8
             }
         }
     }
-    let params = |ratio: f32, scale: &mut [f32; LANES], zero: &mut [f32; LANES]| {
+    let params = |ratio: &[f32; LANES], scale: &mut [f32; LANES], zero: &mut [f32; LANES]| {
         for j in 0..LANES {
             if spec.symmetric {
-                scale[j] = lo[j] * ratio / -mid;
+                scale[j] = lo[j] * ratio[j] / -mid;
                 zero[j] = mid;
             } else {
-                let (l, h) = (lo[j] * ratio, hi[j] * ratio);
+                let (l, h) = (lo[j] * ratio[j], hi[j] * ratio[j]);
                 let s = (h - l) / qmax;
                 scale[j] = s;
                 zero[j] = if s == 0.0 {
@@ -474,11 +531,35 @@ fn search_lanes(tile: &[f32], spec: &BlockSpec, ratios: &[f32], levels: &mut [u8
         }
     };
     let (mut scale, mut zero) = ([0f32; LANES], [0f32; LANES]);
-    params(1.0, &mut scale, &mut zero);
-    if ratios.len() > 1 {
-        let (mut best_scale, mut best_zero) = (scale, zero);
-        let mut best_noise = [f32::INFINITY; LANES];
-        for &ratio in ratios {
+    params(&[1.0; LANES], &mut scale, &mut zero);
+    if search.searches() {
+        let mut best = Best {
+            scale,
+            zero,
+            ratio: [1.0; LANES],
+            noise: [f32::INFINITY; LANES],
+        };
+        // The scalar `Search::run`, every lane at once: each lane's squared error at its own
+        // ratio, and the lanes that improve take it. One loop, not a closure called from
+        // three places: a closure LLVM does not inline is compiled for the baseline CPU,
+        // without the AVX-512/AVX2 its caller is compiled for.
+        let grid = search.grid.len();
+        let mut down = [0f32; LANES];
+        for trial in 0..grid + 2 * search.refine.len() {
+            let ratio = if trial < grid {
+                [search.grid[trial]; LANES]
+            } else if (trial - grid).is_multiple_of(2) {
+                // Both neighbours of the best so far, before either is tried.
+                let step = search.refine[(trial - grid) / 2];
+                let mut up = [0f32; LANES];
+                for j in 0..LANES {
+                    [up[j], down[j]] = search.around(best.ratio[j], step);
+                }
+                up
+            } else {
+                down
+            };
+            let ratio = &ratio;
             params(ratio, &mut scale, &mut zero);
             let mut inverse = [0f32; LANES];
             for j in 0..LANES {
@@ -515,14 +596,15 @@ fn search_lanes(tile: &[f32], spec: &BlockSpec, ratios: &[f32], levels: &mut [u8
             }
             for j in 0..LANES {
                 // A zero scale (an all-zero column block) keeps ratio 1's parameters.
-                if scale[j] != 0.0 && scale[j].is_finite() && noise[j] < best_noise[j] {
-                    best_noise[j] = noise[j];
-                    best_scale[j] = scale[j];
-                    best_zero[j] = zero[j];
+                if scale[j] != 0.0 && scale[j].is_finite() && noise[j] < best.noise[j] {
+                    best.noise[j] = noise[j];
+                    best.scale[j] = scale[j];
+                    best.zero[j] = zero[j];
+                    best.ratio[j] = ratio[j];
                 }
             }
         }
-        (scale, zero) = (best_scale, best_zero);
+        (scale, zero) = (best.scale, best.zero);
     }
     let (mut signal, mut noise) = ([0f32; LANES], [0f32; LANES]);
     let mut divisor = [1f32; LANES];
@@ -571,7 +653,7 @@ fn scalar_lanes(
     tile: &[f32],
     rows: usize,
     spec: &BlockSpec,
-    ratios: &[f32],
+    search: Search,
     levels: &mut [u8],
 ) -> Found {
     let mut found = Found {
@@ -588,19 +670,13 @@ fn scalar_lanes(
             *v = tile[r * LANES + j];
         }
         let values = &column[..rows];
-        let mut best = (f64::INFINITY, 0f32, 1u8 << (spec.bits - 1));
-        for &ratio in ratios {
-            let (scale, zero, err) = quantize_block(values, spec, ratio, &mut trial[..rows]);
-            if err < best.0 {
-                best = (err, scale, zero);
-                chosen[..rows].copy_from_slice(&trial[..rows]);
-            }
-        }
-        chosen[rows..].fill(best.2);
+        let ratio = search.run(|r| quantize_block(values, spec, r, &mut trial[..rows]).2);
+        let (scale, zero, err) = quantize_block(values, spec, ratio, &mut chosen[..rows]);
+        chosen[rows..].fill(zero);
         levels[j * block..(j + 1) * block].copy_from_slice(&chosen);
-        found.scale[j] = best.1;
-        found.zero[j] = best.2;
-        found.noise[j] = best.0 as f32;
+        found.scale[j] = scale;
+        found.zero[j] = zero;
+        found.noise[j] = err as f32;
         found.signal[j] = values.iter().filter(|v| v.is_finite()).map(|v| v * v).sum();
     }
     found
@@ -903,23 +979,44 @@ pub fn pack(levels: impl IntoIterator<Item = u8>, bits: u8) -> Vec<u8> {
     }
 }
 
-/// [`pack`] of a slice: pairs packed in one pass the compiler vectorises (the iterator form
-/// costs about a nanosecond per value, seconds on a model of billions of weights).
-pub fn pack_slice(levels: &[u8], bits: u8) -> Vec<u8> {
+/// [`pack`] of a buffer of levels, in place: the packed bytes overwrite the levels they come
+/// from, so that packing a weight of a billion values holds no second copy of it. Pairs are
+/// packed a chunk at a time through a local copy, which lets the compiler vectorise (the
+/// iterator form costs about a nanosecond per value, seconds on a model of billions of
+/// weights).
+pub fn pack_in_place(mut levels: Vec<u8>, bits: u8) -> Vec<u8> {
     if bits != 4 {
-        return levels.to_vec();
+        return levels;
     }
-    let pairs = levels.chunks_exact(2);
-    let odd = pairs.remainder().first().map(|&low| low & 0x0F);
-    let mut out: Vec<u8> = pairs.map(|p| (p[0] & 0x0F) | (p[1] << 4)).collect();
-    out.extend(odd);
-    out
+    const CHUNK: usize = 64;
+    let len = levels.len();
+    let mut chunk = [0u8; 2 * CHUNK];
+    let mut at = 0;
+    while 2 * (at + CHUNK) <= len {
+        chunk.copy_from_slice(&levels[2 * at..2 * (at + CHUNK)]);
+        // Writes land at or before the values they are made from, which were copied out.
+        for (out, p) in levels[at..at + CHUNK].iter_mut().zip(chunk.chunks_exact(2)) {
+            *out = (p[0] & 0x0F) | (p[1] << 4);
+        }
+        at += CHUNK;
+    }
+    while 2 * at + 1 < len {
+        levels[at] = (levels[2 * at] & 0x0F) | (levels[2 * at + 1] << 4);
+        at += 1;
+    }
+    if len % 2 == 1 {
+        levels[at] = levels[len - 1] & 0x0F;
+    }
+    levels.truncate(len.div_ceil(2));
+    levels.shrink_to_fit();
+    levels
 }
 
 impl BlockQuantized {
-    /// `B` of `com.microsoft.MatMulNBits`: `[N, k_blocks, block * bits / 8]` bytes.
-    pub fn matmul_nbits_b(&self) -> Vec<u8> {
-        pack_slice(&self.levels, self.spec.bits)
+    /// `B` of `com.microsoft.MatMulNBits`: `[N, k_blocks, block * bits / 8]` bytes, packed
+    /// in the levels' own buffer (taken, leaving the levels empty).
+    pub fn take_matmul_nbits_b(&mut self) -> Vec<u8> {
+        pack_in_place(std::mem::take(&mut self.levels), self.spec.bits)
     }
 
     /// `zero_points` of MatMulNBits: `[N, ceil(k_blocks * bits / 8)]` bytes, each column
@@ -1057,7 +1154,7 @@ mod tests {
             signal: 0.0,
             noise: 0.0,
         };
-        let ratios = search_ratios(&spec);
+        let search = Search::of(&spec);
         for c in 0..n {
             let column: Vec<f32> = (0..k)
                 .map(|r| match layout {
@@ -1068,18 +1165,13 @@ mod tests {
             for b in 0..kb {
                 let chunk = &column[b * spec.block..((b + 1) * spec.block).min(k)];
                 let mut trial = vec![0u8; chunk.len()];
-                let mut best = (f64::INFINITY, 0f32, mid, vec![]);
-                for &ratio in ratios {
-                    let (scale, zero, err) = quantize_block(chunk, &spec, ratio, &mut trial);
-                    if err < best.0 {
-                        best = (err, scale, zero, trial.clone());
-                    }
-                }
+                let ratio = search.run(|r| quantize_block(chunk, &spec, r, &mut trial).2);
+                let (scale, zero, _) = quantize_block(chunk, &spec, ratio, &mut trial);
                 let at = c * padded + b * spec.block;
-                q.levels[at..at + chunk.len()].copy_from_slice(&best.3);
-                q.levels[at + chunk.len()..at + spec.block].fill(best.2);
-                q.scales[c * kb + b] = best.1;
-                q.zero_points[c * kb + b] = best.2;
+                q.levels[at..at + chunk.len()].copy_from_slice(&trial);
+                q.levels[at + chunk.len()..at + spec.block].fill(zero);
+                q.scales[c * kb + b] = scale;
+                q.zero_points[c * kb + b] = zero;
             }
         }
         q
@@ -1247,12 +1339,13 @@ mod tests {
     }
 
     #[test]
-    fn slices_pack_like_iterators() {
-        for len in [0, 1, 2, 7, 64, 65] {
+    fn in_place_packing_equals_the_iterator_form() {
+        // Around the chunk of 128 levels, odd and even tails.
+        for len in [0, 1, 2, 7, 64, 65, 127, 128, 129, 130, 300, 1001] {
             let levels: Vec<u8> = (0..len).map(|i| (i * 7 % 16) as u8).collect();
             for bits in [4, 8] {
                 assert_eq!(
-                    pack_slice(&levels, bits),
+                    pack_in_place(levels.clone(), bits),
                     pack(levels.iter().copied(), bits),
                     "{len} {bits}"
                 );

@@ -142,7 +142,7 @@ pub type WeightReader<'a> = &'a (dyn Fn(&TensorProto, &mut Vec<f32>) -> Result<(
 /// Takes each initializer weight-only mode writes as soon as it is made (a streamed save
 /// appends it to the output's side file and leaves a reference in its place), so that the
 /// quantized weights of a model larger than memory are never all held at once.
-pub type WeightStore<'a> = &'a mut dyn FnMut(&mut TensorProto) -> Result<()>;
+pub type WeightStore<'a> = &'a mut (dyn FnMut(&mut TensorProto) -> Result<()> + Send);
 
 /// Values of an in-memory tensor.
 pub fn inline_values(t: &TensorProto, values: &mut Vec<f32>) -> Result<()> {
