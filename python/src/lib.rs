@@ -28,7 +28,7 @@ use onnx_ptq::calibrate::{
 };
 use onnx_ptq::compare::{compare_models, Bounds, CompareConfig};
 use onnx_ptq::onnx::{
-    decode_model, external_data_path, ExternalWriter, Model, OutputPlan, PendingFiles, SaveOptions,
+    decode_model, external_data_path, Model, OutputPlan, PendingFiles, SaveOptions,
 };
 use onnx_ptq::quantize::blockwise::Algorithm;
 use onnx_ptq::quantize::plan::{WeightForm, WeightOnlyConfig};
@@ -626,7 +626,7 @@ fn quantize(
     let lazy = mode == Mode::WeightOnly && data.is_none();
     let destination = output.clone();
     let (written, report) = interruptible(py, move || {
-        let (loaded, name) = model.load_with(lazy)?;
+        let (loaded, _) = model.load_with(lazy)?;
         check_external(
             &mut plan,
             "an external-data file of the input model",
@@ -663,42 +663,22 @@ fn quantize(
             compare_samples: o.compare_samples,
             accuracy,
         };
-        if loaded.has_external_refs() {
-            let mut writer = ExternalWriter::create(&destination, &loaded.source_files)?;
-            let (quantized, report) = onnx_ptq::quantize::quantize_model_to(
-                &loaded,
-                &mut writer,
-                source.as_ref(),
-                ranges,
-                &config,
-            )?;
-            let (_, staged) = writer.finish_staged(quantized, Some(&loaded))?;
-            return Ok((Written::Staged(staged), to_json(&report)?));
-        }
-        let (quantized, report) =
-            onnx_ptq::quantize::quantize(&loaded.proto, &name, source.as_ref(), ranges, &config)?;
-        let model = Model {
-            proto: quantized,
-            ..loaded
-        };
-        Ok((Written::Model(Box::new(model)), to_json(&report)?))
+        let (converted, report) = onnx_ptq::quantize::quantize_for(
+            loaded,
+            &destination,
+            source.as_ref(),
+            ranges,
+            &config,
+        )?;
+        let mut staged = PendingFiles::new();
+        converted.stage(&save, &mut staged)?;
+        Ok((staged, to_json(&report)?))
     })?;
     // After an interrupt nothing is committed: staged files are removed when dropped.
     py.check_signals()?;
-    py.detach(|| match written {
-        Written::Staged(staged) => staged.commit(),
-        Written::Model(model) => model.save(&output, &save).map(drop),
-    })
-    .map_err(|e| PyErr::from(Failure::Lib(e)))?;
+    py.detach(|| written.commit())
+        .map_err(|e| PyErr::from(Failure::Lib(e)))?;
     Ok(report)
-}
-
-/// What a quantize run leaves to write once it is known not to have been interrupted.
-enum Written {
-    /// The quantized model, to save.
-    Model(Box<Model>),
-    /// A streamed model and side file, staged as temporaries, to commit.
-    Staged(PendingFiles),
 }
 
 /// Calibrates `model` on `data`; writes the ranges to `output` when given and returns them.

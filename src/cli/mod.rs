@@ -15,9 +15,7 @@ use onnx_ptq::calibrate::data::SAMPLE_EXTENSIONS;
 use onnx_ptq::calibrate::{Calibrator, InputSpec, Ranges};
 use onnx_ptq::compare::html::{self, HtmlContext};
 use onnx_ptq::compare::{compare_models, CompareConfig};
-use onnx_ptq::onnx::{
-    external_data_path, ExternalWriter, Model, OutputPlan, PendingFiles, SaveOptions,
-};
+use onnx_ptq::onnx::{external_data_path, Model, OutputPlan, PendingFiles, SaveOptions};
 use onnx_ptq::quantize::{AccuracyConfig, Mode, PlanConfig, QuantizeConfig, TensorOverride};
 use onnx_ptq::validate::{self, ExecOptions};
 
@@ -360,31 +358,19 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 compare_samples: compare_samples as usize,
                 accuracy,
             };
-            // A model left on disk streams its quantized weights to the output's side file
-            // as they are made (staged, so that a failure still leaves nothing).
-            let mut streamed = if loaded.has_external_refs() {
-                Some(ExternalWriter::create(&output, &loaded.source_files)?)
-            } else {
-                None
-            };
-            let (quantized, summary) = match streamed.as_mut() {
-                Some(writer) => onnx_ptq::quantize::quantize_model_to(
-                    &loaded,
-                    writer,
-                    source.as_ref(),
-                    ranges,
-                    &config,
-                )?,
-                None => {
-                    onnx_ptq::quantize::quantize_model(&loaded, source.as_ref(), ranges, &config)?
-                }
-            };
+            let (converted, summary) = onnx_ptq::quantize::quantize_for(
+                loaded,
+                &output,
+                source.as_ref(),
+                ranges,
+                &config,
+            )?;
             // Compared before anything is written, so that a failure leaves no file.
             let html_page = match (&report_html, &source) {
                 (Some(path), Some(source)) => {
                     let comparison = compare_models(
-                        &loaded.proto,
-                        &quantized,
+                        &converted.float.proto,
+                        &converted.proto,
                         &source.head(compare_samples as usize),
                         &CompareConfig {
                             per_layer: true,
@@ -415,18 +401,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             };
             // The model (and side file) and the report appear together, or none of them.
             let mut pending = PendingFiles::new();
-            let written = match streamed {
-                Some(writer) => {
-                    let (written, staged) = writer.finish_staged(quantized, Some(&loaded))?;
-                    pending.append(staged);
-                    written
-                }
-                None => Model {
-                    proto: quantized,
-                    ..loaded
-                }
-                .save_pending(&output, &SaveOptions::default(), &mut pending)?,
-            };
+            let written = converted.stage(&SaveOptions::default(), &mut pending)?;
             if let Some(path) = &report {
                 pending.add(path, &json_bytes(&summary)?)?;
             }

@@ -694,6 +694,76 @@ pub fn quantize_model_to(
     )
 }
 
+/// A quantized model bound for an output file, nothing of it written yet: see
+/// [`quantize_for`].
+pub struct Converted {
+    /// The quantized model (its streamed weights refer to the staged side file).
+    pub proto: ModelProto,
+    /// The float model it was made from.
+    pub float: crate::onnx::Model,
+    output: std::path::PathBuf,
+    writer: Option<crate::onnx::ExternalWriter>,
+}
+
+/// Quantizes `model` for the file `output`, the one entry point the CLI and the Python
+/// binding share. A model whose weights were left on disk ([`Model::load_lazy`]) streams its
+/// quantized weights to `output`'s side file as they are made (staged: nothing appears at
+/// `output` until the files of [`Converted::stage`] are committed), so a model larger than
+/// memory converts; any other model is quantized in memory.
+///
+/// [`Model::load_lazy`]: crate::onnx::Model::load_lazy
+pub fn quantize_for(
+    model: crate::onnx::Model,
+    output: &std::path::Path,
+    source: Option<&DataSource>,
+    ranges: Option<Ranges>,
+    config: &QuantizeConfig,
+) -> Result<(Converted, QuantizeReport)> {
+    let mut writer = if model.has_external_refs() {
+        Some(crate::onnx::ExternalWriter::create(
+            output,
+            &model.source_files,
+        )?)
+    } else {
+        None
+    };
+    let (proto, report) = match writer.as_mut() {
+        Some(writer) => quantize_model_to(&model, writer, source, ranges, config)?,
+        None => quantize_model(&model, source, ranges, config)?,
+    };
+    let converted = Converted {
+        proto,
+        float: model,
+        output: output.to_path_buf(),
+        writer,
+    };
+    Ok((converted, report))
+}
+
+impl Converted {
+    /// Stages the quantized model (and its side file) at the output into `pending`, to be
+    /// committed with the caller's other outputs, all or none. `options` applies to a model
+    /// quantized in memory; a streamed one keeps the side file its weights went to.
+    pub fn stage(
+        self,
+        options: &crate::onnx::SaveOptions,
+        pending: &mut crate::onnx::PendingFiles,
+    ) -> Result<crate::onnx::SaveReport> {
+        match self.writer {
+            Some(writer) => {
+                let (report, staged) = writer.finish_staged(self.proto, Some(&self.float))?;
+                pending.append(staged);
+                Ok(report)
+            }
+            None => crate::onnx::Model {
+                proto: self.proto,
+                ..self.float
+            }
+            .save_pending(&self.output, options, pending),
+        }
+    }
+}
+
 /// The encoded size of `model` plus the external data it refers to.
 fn stored_bytes(model: &ModelProto) -> u64 {
     let external: u64 = model
