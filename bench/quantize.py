@@ -10,7 +10,8 @@ samples (onnxruntime, optimizations off), top-1 agreement or accuracy where the 
 classifies, file size, and onnxruntime CPU latency (fully optimized session, one intra-op
 thread unless --threads, median of repeated interleaved runs on one held-out sample) of fp32
 and of both int8 models. Ratios are against
-onnxruntime measured in the same run.
+onnxruntime measured in the same run. A second table gives each of onnx-ptq's default
+algorithms' own contribution (SQNR with it minus without it, and the seconds it adds).
 
 Usage (after `bash .ci/setup` and `cargo build --release`):
   ~/.cache/onnx-ptq/venv/bin/python bench/quantize.py [--models rapid nudenet ...]
@@ -45,6 +46,15 @@ MODELS = {
     "ocr_cls": (os.path.join(OCR, "ch_ppocr_mobile_v2.0_cls_infer.onnx"), "ocr_cls", None, True),
     "vad": (os.path.join(M, "silero-vad/silero_vad/data/silero_vad_16k_sequence.onnx"), "vad", "speech_probs", False),
     "digits": (None, "digits", "probabilities", True),
+}
+
+
+# Each of onnx-ptq's default algorithms switched off in turn: its own contribution is the
+# default's SQNR minus this run's, and the conversion time it adds the difference of the two
+# runs' wall times.
+ABLATIONS = {
+    "equalization": ["--no-equalize"],
+    "outlier guard": ["--no-outlier-guard"],
 }
 
 
@@ -219,6 +229,15 @@ def main():
                 theirs = None
             r["ours"] = quality(model, ours, held, output, labels)
             r["ours"]["bytes"] = os.path.getsize(ours)
+            r["without"] = {}
+            for what, flags in ABLATIONS.items():
+                other = os.path.join(tmp, name, "without.onnx")
+                t = time.perf_counter()
+                run([args.bin, "quantize", model, "--calib", calib_dir, "-o", other, "-q", *flags])
+                seconds = time.perf_counter() - t
+                r["without"][what] = {"sqnr_db": quality(model, other, held, output, labels)["sqnr_db"],
+                                      "seconds": seconds}
+                os.remove(other)
             r["fp32_accuracy"] = float_accuracy(model, held, output, labels)
             paths = [model, ours]
             if theirs:
@@ -262,6 +281,19 @@ def print_table(results):
                 f"{r[tool + '_seconds']:.1f}",
             ]
             print("| " + " | ".join(cells) + " |")
+    print()
+    print("Each default algorithm's own contribution: onnx-ptq's SQNR minus its SQNR with the algorithm")
+    print("off, and the conversion seconds it adds (default run minus the run without it).")
+    head = ["model"] + [f"{what} dB (s)" for what in ABLATIONS]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name, r in results.items():
+        cells = [name]
+        for what in ABLATIONS:
+            w = r.get("without", {}).get(what)
+            cells.append("" if w is None else
+                         f"{r['ours']['sqnr_db'] - w['sqnr_db']:+.2f} ({r['ours_seconds'] - w['seconds']:+.1f})")
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,11 @@ pub enum Command {
         /// Per-tensor weights instead of per-channel.
         #[arg(long)]
         per_tensor: bool,
+        /// Static mode: leave Conv → (Relu | PRelu) → Conv chains as they are. By default
+        /// their channels are rescaled so that each channel's weight ranges match across the
+        /// pair (cross-layer equalization: the same function, weights that quantize better).
+        #[arg(long)]
+        no_equalize: bool,
         /// Node names to leave float, comma-separated.
         #[arg(long, value_delimiter = ',')]
         exclude_nodes: Vec<String>,
@@ -258,6 +263,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             output,
             ranges,
             per_tensor,
+            no_equalize,
             exclude_nodes,
             exclude_op_types,
             report,
@@ -350,6 +356,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 exclude_op_types: exclude_op_types.into_iter().collect(),
                 overrides: overrides.unwrap_or_default(),
                 fallback: Default::default(),
+                equalize: !no_equalize,
             };
             onnx_ptq::quantize::check_exclusions(&loaded.proto, &plan_config)?;
             let config = QuantizeConfig {

@@ -123,6 +123,13 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
             "calibration: {} on {} samples in {:.2} s",
             s.calibration_method, s.calibration_samples, s.calibration_seconds
         );
+        if s.prep.layers_equalized > 0 {
+            let _ = writeln!(
+                t,
+                "equalized: {} Conv pairs (cross-layer equalization; --no-equalize leaves them)",
+                s.prep.layers_equalized
+            );
+        }
         if !s.clipped_ranges.is_empty() {
             let _ = writeln!(
                 t,

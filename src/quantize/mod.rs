@@ -533,11 +533,14 @@ fn upgrade_and_prepare(
     };
     // Folding constants and BatchNorm reads every weight: a model left on disk is planned as
     // it is (weight-only mode needs only the weights' shapes and types).
-    let prep = if lazy {
+    let mut prep = if lazy {
         prep::PrepReport::default()
     } else {
         prep::prepare(&mut prepared)?
     };
+    if static_mode && plan_config.equalize && !lazy {
+        prep.layers_equalized = prep::equalize_layers(&mut prepared)?;
+    }
     Ok(Prepared {
         opset_after: default_opset(&prepared),
         model: prepared,

@@ -70,6 +70,9 @@ pub struct PlanConfig {
     /// Nodes returned to float by the accuracy search, by index in the graph being planned,
     /// with the activation tensors they read and write (which stay float with them).
     pub fallback: Fallback,
+    /// Static mode: cross-layer equalization of `Conv → (Relu | PRelu) → Conv` chains before
+    /// quantizing ([`crate::quantize::prep::equalize_layers`]).
+    pub equalize: bool,
 }
 
 impl Default for PlanConfig {
@@ -85,6 +88,7 @@ impl Default for PlanConfig {
             exclude_op_types: BTreeSet::new(),
             overrides: BTreeMap::new(),
             fallback: Fallback::default(),
+            equalize: true,
         }
     }
 }

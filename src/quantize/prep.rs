@@ -14,6 +14,7 @@
 
 mod batchnorm;
 mod constants;
+mod equalize;
 mod output_size;
 mod tract_tensor;
 mod types;
@@ -23,6 +24,7 @@ use std::collections::{BTreeSet, HashSet};
 
 pub use batchnorm::fold_batchnorm;
 pub use constants::{fold_constants, MAX_FOLDED_BYTES};
+pub use equalize::equalize_layers;
 pub use types::infer_types;
 
 use crate::error::{Error, Result};
@@ -40,6 +42,8 @@ pub struct PrepReport {
     pub types_inferred: usize,
     /// Shapes declared on the outputs of If/Loop/Scan bodies, dropped (types kept).
     pub subgraph_output_shapes_dropped: usize,
+    /// Conv pairs rescaled by cross-layer equalization ([`equalize_layers`], static mode).
+    pub layers_equalized: usize,
 }
 
 impl PrepReport {
@@ -69,6 +73,7 @@ pub fn prepare(model: &mut ModelProto) -> Result<PrepReport> {
         constants_folded,
         types_inferred,
         subgraph_output_shapes_dropped,
+        layers_equalized: 0,
     })
 }
 

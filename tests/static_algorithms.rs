@@ -1,0 +1,48 @@
+//! Static mode's accuracy algorithms, each on a model built to need it, against ONNX Runtime
+//! (the quantized model's outputs on held-out data, compared with the float model's): each
+//! test fails when its algorithm is switched off.
+
+mod common;
+
+use std::path::Path;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn sqnr(verdict: &serde_json::Value) -> f64 {
+    verdict["outputs"]["y"]["sqnr_db"].as_f64().unwrap()
+}
+
+/// Cross-layer equalization: a depthwise → Relu → pointwise pair with channel ranges from
+/// 0.01 to 100 (tests/py/cle_model.py) loses most of its signal quantized as it is, and keeps
+/// it equalized; the equalized model computes the float function (so it stays close to it).
+#[test]
+fn equalization_rescues_a_pair_with_mismatched_channel_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    common::python_ok("cle_model.py", &[s(dir.path())]);
+    let (float, calib, held) = (
+        dir.path().join("model.onnx"),
+        dir.path().join("calib"),
+        dir.path().join("held"),
+    );
+    let on = dir.path().join("equalized.onnx");
+    let report = common::quantize_with(&float, &calib, &on, &[]);
+    assert_eq!(report["prep"]["layers_equalized"], 1, "{report}");
+    let off = dir.path().join("plain.onnx");
+    let plain_report = common::quantize_with(&float, &calib, &off, &["--no-equalize"]);
+    assert_eq!(plain_report["prep"]["layers_equalized"], 0);
+    let (with, without) = (
+        common::check(&float, &on, &held, None),
+        common::check(&float, &off, &held, None),
+    );
+    eprintln!(
+        "cle pair: SQNR {:.2} dB equalized, {:.2} dB without",
+        sqnr(&with),
+        sqnr(&without)
+    );
+    assert_eq!(with["checker"], "ok", "{with}");
+    assert!(with["unfused"].as_array().unwrap().is_empty(), "{with}");
+    assert!(sqnr(&with) >= 30.0, "{with}");
+    assert!(sqnr(&with) >= sqnr(&without) + 10.0, "{with}\n{without}");
+}
