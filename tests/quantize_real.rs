@@ -400,3 +400,34 @@ fn light_models_at_opset_9_quantize_to_loadable_int8_models() {
     }
     assert!(checked >= 5, "only {checked} light models checked");
 }
+
+/// The written file does not depend on the number of calibration threads: each thread runs
+/// whole samples, and what they gather (extremes, histogram counts) merges the same in any
+/// order. Checked on the detector (MinMax, the default) and with a histogram method, on 16
+/// samples split over 1 and 2 threads.
+#[test]
+fn the_output_is_byte_identical_with_one_and_two_threads() {
+    let model = common::require(common::cache_dir().join("models").join(cases()[1].model));
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib");
+    common::make_data(cases()[1].kind, &calib, 16, 0, None);
+    for method in ["minmax", "percentile"] {
+        let files: Vec<Vec<u8>> = ["1", "2"]
+            .iter()
+            .map(|threads| {
+                let out = dir.path().join(format!("{method}_{threads}.onnx"));
+                common::quantize_with(
+                    &model,
+                    &calib,
+                    &out,
+                    &["--method", method, "--threads", threads],
+                );
+                std::fs::read(&out).unwrap()
+            })
+            .collect();
+        assert!(
+            files[0] == files[1],
+            "{method}: 1 and 2 threads wrote different files"
+        );
+    }
+}

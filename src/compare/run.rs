@@ -225,9 +225,7 @@ fn histograms(
                 }
                 Ok(())
             })
-            .map_err(|e| {
-                Error::Tract(format!("the float model failed on {}: {e}", sample.label))
-            })?;
+            .map_err(|e| failed_on("float", &sample.label, e))?;
         test.run_observing(sample.inputs, &mut |name, value| {
             let Some(&float_name) = dq_of.get(name) else {
                 return Ok(());
@@ -242,17 +240,17 @@ fn histograms(
             }
             Ok(())
         })
-        .map_err(|e| {
-            Error::Tract(format!(
-                "the quantized model failed on {}: {e}",
-                sample.label
-            ))
-        })?;
+        .map_err(|e| failed_on("quantized", &sample.label, e))?;
     }
     Ok(tensors
         .iter()
         .filter_map(|&t| Some(builders.remove(t)?.finish(t.to_string())))
         .collect())
+}
+
+/// A run of the `which` ("float" or "quantized") model that failed on the sample `label`.
+fn failed_on(which: &str, label: &str, e: impl std::fmt::Display) -> Error {
+    Error::Tract(format!("the {which} model failed on {label}: {e}"))
 }
 
 /// The values of `value` as f32, in order.
@@ -275,9 +273,11 @@ pub fn reference_outputs(
     let mut outputs = Vec::with_capacity(source.len());
     for i in 0..source.len() {
         let sample = source.load(i)?;
-        outputs.push(runner.run(sample.inputs).map_err(|e| {
-            Error::Tract(format!("the float model failed on {}: {e}", sample.label))
-        })?);
+        outputs.push(
+            runner
+                .run(sample.inputs)
+                .map_err(|e| failed_on("float", &sample.label, e))?,
+        );
     }
     Ok((runner.output_names().to_vec(), outputs))
 }
@@ -304,12 +304,9 @@ pub fn compare_to_reference(
         let mut acc = vec![ErrorAccumulator::default(); output_names.len()];
         for i in (worker..reference.len()).step_by(threads) {
             let sample = source.load(i)?;
-            let outputs = runner.run(sample.inputs).map_err(|e| {
-                Error::Tract(format!(
-                    "the quantized model failed on {}: {e}",
-                    sample.label
-                ))
-            })?;
+            let outputs = runner
+                .run(sample.inputs)
+                .map_err(|e| failed_on("quantized", &sample.label, e))?;
             for ((a, x), y) in acc.iter_mut().zip(&reference[i]).zip(&outputs) {
                 if x.datum_type().is_float() {
                     accumulate(a, x, y).map_err(Error::Tract)?;
@@ -395,7 +392,7 @@ fn compare_sample(
             }
             Ok(())
         })
-        .map_err(|e| Error::Tract(format!("the float model failed on {}: {e}", sample.label)))?;
+        .map_err(|e| failed_on("float", &sample.label, e))?;
     let layers = &mut acc.layers;
     let rb = test
         .run_observing(sample.inputs, &mut |name, value| {
@@ -409,12 +406,7 @@ fn compare_sample(
             }
             Ok(())
         })
-        .map_err(|e| {
-            Error::Tract(format!(
-                "the quantized model failed on {}: {e}",
-                sample.label
-            ))
-        })?;
+        .map_err(|e| failed_on("quantized", &sample.label, e))?;
     for ((out, x), y) in acc.outputs.iter_mut().zip(&ra).zip(&rb) {
         // Integer outputs (labels, indices) follow from the float ones; an error metric of
         // class indices would mean nothing.
