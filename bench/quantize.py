@@ -10,8 +10,9 @@ samples (onnxruntime, optimizations off), top-1 agreement or accuracy where the 
 classifies, file size, and onnxruntime CPU latency (fully optimized session, one intra-op
 thread unless --threads, median of repeated interleaved runs on one held-out sample) of fp32
 and of both int8 models. Ratios are against
-onnxruntime measured in the same run. A second table gives each of onnx-ptq's default
-algorithms' own contribution (SQNR with it minus without it, and the seconds it adds).
+onnxruntime measured in the same run. A second table gives each of onnx-ptq's
+algorithms' own contribution (SQNR with it minus without it, and the seconds it adds), default
+ones and opt-in ones alike.
 
 Usage (after `bash .ci/setup` and `cargo build --release`):
   ~/.cache/onnx-ptq/venv/bin/python bench/quantize.py [--models rapid nudenet ...]
@@ -49,12 +50,13 @@ MODELS = {
 }
 
 
-# Each of onnx-ptq's default algorithms switched off in turn: its own contribution is the
-# default's SQNR minus this run's, and the conversion time it adds the difference of the two
-# runs' wall times.
+# Each of onnx-ptq's algorithm switches flipped in turn: an algorithm's own contribution is its
+# SQNR with the algorithm on minus with it off, and the conversion time it adds the difference
+# of the two runs' wall times. Each entry: the flags of the other run, and whether that run has
+# the algorithm on (an opt-in algorithm) or off (a default one).
 ABLATIONS = {
-    "equalization": ["--no-equalize"],
-    "outlier guard": ["--no-outlier-guard"],
+    "equalization (--equalize)": (["--equalize"], True),
+    "outlier guard (default)": (["--no-outlier-guard"], False),
 }
 
 
@@ -229,13 +231,13 @@ def main():
                 theirs = None
             r["ours"] = quality(model, ours, held, output, labels)
             r["ours"]["bytes"] = os.path.getsize(ours)
-            r["without"] = {}
-            for what, flags in ABLATIONS.items():
-                other = os.path.join(tmp, name, "without.onnx")
+            r["flipped"] = {}
+            for what, (flags, _on) in ABLATIONS.items():
+                other = os.path.join(tmp, name, "flipped.onnx")
                 t = time.perf_counter()
                 run([args.bin, "quantize", model, "--calib", calib_dir, "-o", other, "-q", *flags])
                 seconds = time.perf_counter() - t
-                r["without"][what] = {"sqnr_db": quality(model, other, held, output, labels)["sqnr_db"],
+                r["flipped"][what] = {"sqnr_db": quality(model, other, held, output, labels)["sqnr_db"],
                                       "seconds": seconds}
                 os.remove(other)
             r["fp32_accuracy"] = float_accuracy(model, held, output, labels)
@@ -282,17 +284,21 @@ def print_table(results):
             ]
             print("| " + " | ".join(cells) + " |")
     print()
-    print("Each default algorithm's own contribution: onnx-ptq's SQNR minus its SQNR with the algorithm")
-    print("off, and the conversion seconds it adds (default run minus the run without it).")
+    print("Each algorithm's own contribution: SQNR with it minus without it, and the conversion seconds")
+    print("it adds (the default run against the run with the switch flipped).")
     head = ["model"] + [f"{what} dB (s)" for what in ABLATIONS]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, r in results.items():
         cells = [name]
-        for what in ABLATIONS:
-            w = r.get("without", {}).get(what)
-            cells.append("" if w is None else
-                         f"{r['ours']['sqnr_db'] - w['sqnr_db']:+.2f} ({r['ours_seconds'] - w['seconds']:+.1f})")
+        for what, (_flags, on) in ABLATIONS.items():
+            w = r.get("flipped", {}).get(what)
+            if w is None:
+                cells.append("")
+                continue
+            sign = -1 if on else 1
+            cells.append(f"{sign * (r['ours']['sqnr_db'] - w['sqnr_db']):+.2f} "
+                         f"({sign * (r['ours_seconds'] - w['seconds']):+.1f})")
         print("| " + " | ".join(cells) + " |")
 
 

@@ -27,10 +27,10 @@ fn equalization_rescues_a_pair_with_mismatched_channel_ranges() {
         dir.path().join("held"),
     );
     let on = dir.path().join("equalized.onnx");
-    let report = common::quantize_with(&float, &calib, &on, &[]);
+    let report = common::quantize_with(&float, &calib, &on, &["--equalize"]);
     assert_eq!(report["prep"]["layers_equalized"], 1, "{report}");
     let off = dir.path().join("plain.onnx");
-    let plain_report = common::quantize_with(&float, &calib, &off, &["--no-equalize"]);
+    let plain_report = common::quantize_with(&float, &calib, &off, &[]);
     assert_eq!(plain_report["prep"]["layers_equalized"], 0);
     let (with, without) = (
         common::check(&float, &on, &held, None),

@@ -253,7 +253,7 @@ def quantize(
     bins: Optional[int] = None,
     activations: str = "u8",
     per_channel: bool = True,
-    equalize: bool = True,
+    equalize: bool = False,
     exclude_nodes: Iterable[str] = (),
     exclude_op_types: Iterable[str] = (),
     ranges: Optional[PathLike] = None,
@@ -281,7 +281,7 @@ def quantize(
     atomically, and returns the summary as a dict (the JSON of ``--report``).
 
     Keyword arguments are the CLI's flags (``per_channel=False`` is ``--per-tensor``,
-    ``equalize=False`` is ``--no-equalize``, ``bound_outputs`` is ``--bound-output``,
+    ``equalize=True`` is ``--equalize``, ``bound_outputs`` is ``--bound-output``,
     ``overrides`` the overrides file's dict or path);
     ``data_options`` are ``data_kind``, ``samples``, ``preset``, ``size`` ("WxH" or (w, h)),
     ``resize``, ``channels``, ``scale``, ``mean``, ``std``, ``layout``. ``mode="dynamic"`` and

@@ -511,7 +511,7 @@ impl Default for QuantizeOptions {
             data: DataOptions::default(),
             ranges: None,
             per_channel: true,
-            equalize: true,
+            equalize: false,
             exclude_nodes: Vec::new(),
             exclude_op_types: Vec::new(),
             only_nodes: None,

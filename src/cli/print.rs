@@ -126,7 +126,7 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         if s.prep.layers_equalized > 0 {
             let _ = writeln!(
                 t,
-                "equalized: {} Conv pairs (cross-layer equalization; --no-equalize leaves them)",
+                "equalized: {} Conv pairs (cross-layer equalization, --equalize)",
                 s.prep.layers_equalized
             );
         }
