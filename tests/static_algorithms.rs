@@ -17,6 +17,7 @@ fn sqnr(verdict: &serde_json::Value) -> f64 {
 /// Cross-layer equalization: a depthwise → Relu → pointwise pair with channel ranges from
 /// 0.01 to 100 (tests/py/cle_model.py) loses most of its signal quantized as it is, and keeps
 /// it equalized; the equalized model computes the float function (so it stays close to it).
+/// Per-channel weights leave it off unless asked; per-tensor weights turn it on.
 #[test]
 fn equalization_rescues_a_pair_with_mismatched_channel_ranges() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,5 +45,22 @@ fn equalization_rescues_a_pair_with_mismatched_channel_ranges() {
     assert_eq!(with["checker"], "ok", "{with}");
     assert!(with["unfused"].as_array().unwrap().is_empty(), "{with}");
     assert!(sqnr(&with) >= 30.0, "{with}");
+    assert!(sqnr(&with) >= sqnr(&without) + 10.0, "{with}\n{without}");
+
+    let per_tensor = dir.path().join("per_tensor.onnx");
+    let report = common::quantize_with(&float, &calib, &per_tensor, &["--per-tensor"]);
+    assert_eq!(report["prep"]["layers_equalized"], 1, "{report}");
+    let plain = dir.path().join("per_tensor_plain.onnx");
+    let report = common::quantize_with(&float, &calib, &plain, &["--per-tensor", "--no-equalize"]);
+    assert_eq!(report["prep"]["layers_equalized"], 0, "{report}");
+    let (with, without) = (
+        common::check(&float, &per_tensor, &held, None),
+        common::check(&float, &plain, &held, None),
+    );
+    eprintln!(
+        "cle pair, per-tensor weights: SQNR {:.2} dB equalized, {:.2} dB without",
+        sqnr(&with),
+        sqnr(&without)
+    );
     assert!(sqnr(&with) >= sqnr(&without) + 10.0, "{with}\n{without}");
 }

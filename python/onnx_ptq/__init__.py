@@ -253,7 +253,7 @@ def quantize(
     bins: Optional[int] = None,
     activations: str = "u8",
     per_channel: bool = True,
-    equalize: bool = False,
+    equalize: Optional[bool] = None,
     exclude_nodes: Iterable[str] = (),
     exclude_op_types: Iterable[str] = (),
     ranges: Optional[PathLike] = None,
@@ -281,7 +281,8 @@ def quantize(
     atomically, and returns the summary as a dict (the JSON of ``--report``).
 
     Keyword arguments are the CLI's flags (``per_channel=False`` is ``--per-tensor``,
-    ``equalize=True`` is ``--equalize``, ``bound_outputs`` is ``--bound-output``,
+    ``equalize=True``/``False`` is ``--equalize``/``--no-equalize`` (``None``, the default,
+    equalizes exactly when weights are per tensor), ``bound_outputs`` is ``--bound-output``,
     ``overrides`` the overrides file's dict or path);
     ``data_options`` are ``data_kind``, ``samples``, ``preset``, ``size`` ("WxH" or (w, h)),
     ``resize``, ``channels``, ``scale``, ``mean``, ``std``, ``layout``. ``mode="dynamic"`` and
@@ -311,7 +312,7 @@ def quantize(
         "data": _data_options(data_options),
         "ranges": None if ranges is None else os.fspath(ranges),
         "per_channel": bool(per_channel),
-        "equalize": bool(equalize),
+        "equalize": None if equalize is None else bool(equalize),
         "exclude_nodes": _names(exclude_nodes, "exclude_nodes"),
         "exclude_op_types": _names(exclude_op_types, "exclude_op_types"),
         "overrides": dict(overrides or {}),

@@ -126,7 +126,7 @@ pub fn quantize_summary(s: &QuantizeReport, written: &Path) {
         if s.prep.layers_equalized > 0 {
             let _ = writeln!(
                 t,
-                "equalized: {} Conv pairs (cross-layer equalization, --equalize)",
+                "equalized: {} Conv pairs (cross-layer equalization; --equalize, --no-equalize)",
                 s.prep.layers_equalized
             );
         }

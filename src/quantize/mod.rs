@@ -538,7 +538,8 @@ fn upgrade_and_prepare(
     } else {
         prep::prepare(&mut prepared)?
     };
-    if static_mode && plan_config.equalize && !lazy {
+    let equalize = plan_config.equalize.unwrap_or(!plan_config.per_channel);
+    if static_mode && equalize && !lazy {
         prep.layers_equalized = prep::equalize_layers(&mut prepared)?;
     }
     Ok(Prepared {
