@@ -37,11 +37,13 @@ struct ConvParams {
     changed: bool,
 }
 
-/// A pair of Convs to equalize: A's output channels against B's input channels.
+/// A pair of Convs to equalize: A's output channels against B's input channels, B having
+/// `group` groups.
 #[derive(Debug, Clone, Copy)]
 struct Pair {
     a: usize,
     b: usize,
+    group: usize,
 }
 
 /// Equalizes every `Conv → (Relu | PRelu | nothing) → Conv` chain of the main graph whose
@@ -62,8 +64,8 @@ pub fn equalize_layers(model: &mut ModelProto) -> Result<usize> {
     }
     let mut convs: BTreeMap<usize, ConvParams> = BTreeMap::new();
     let mut usable = Vec::new();
-    for pair in pairs {
-        let ok = [pair.a, pair.b].iter().all(|&n| {
+    for (a, b) in pairs {
+        let ok = [a, b].iter().all(|&n| {
             convs.contains_key(&n)
                 || match load(graph, &index, n) {
                     Some(p) => {
@@ -73,20 +75,17 @@ pub fn equalize_layers(model: &mut ModelProto) -> Result<usize> {
                     None => false,
                 }
         });
-        if ok && fits(&convs[&pair.a], &convs[&pair.b], &graph.node[pair.b]) {
-            usable.push(pair);
+        if let Some(group) = ok
+            .then(|| fits(&convs[&a], &convs[&b], &graph.node[b]))
+            .flatten()
+        {
+            usable.push(Pair { a, b, group });
         }
     }
     for _ in 0..MAX_SWEEPS {
         let mut largest_change = 0f64;
         for pair in &usable {
-            let group = attr::int(&graph.node[pair.b], "group")
-                .ok()
-                .flatten()
-                .unwrap_or(1)
-                .max(1) as usize;
-            let change = equalize_pair(&mut convs, *pair, group);
-            largest_change = largest_change.max(change);
+            largest_change = largest_change.max(equalize_pair(&mut convs, *pair));
         }
         if largest_change < 1e-3 {
             break;
@@ -101,8 +100,8 @@ pub fn equalize_layers(model: &mut ModelProto) -> Result<usize> {
     Ok(n_pairs)
 }
 
-/// The chains whose intermediate tensors are read only along the chain.
-fn find_pairs(graph: &GraphProto, index: &GraphIndex) -> Vec<Pair> {
+/// The chains (A, B) whose intermediate tensors are read only along the chain.
+fn find_pairs(graph: &GraphProto, index: &GraphIndex) -> Vec<(usize, usize)> {
     let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
     // The only reader of `name`, when it has exactly one and is no graph output.
     let sole_reader = |name: &str| -> Option<usize> {
@@ -137,7 +136,7 @@ fn find_pairs(graph: &GraphProto, index: &GraphIndex) -> Vec<Pair> {
         }
         let b = &graph.node[next];
         if is_conv(b) && b.input.first().map(String::as_str) == Some(feeding) && next != a {
-            pairs.push(Pair { a, b: next });
+            pairs.push((a, next));
         }
     }
     pairs
@@ -180,14 +179,16 @@ fn load(graph: &GraphProto, index: &GraphIndex, n: usize) -> Option<ConvParams> 
     })
 }
 
-/// Whether A's output channels are B's input channels under B's `group`.
-fn fits(a: &ConvParams, b: &ConvParams, b_node: &NodeProto) -> bool {
+/// B's `group` when A's output channels are B's input channels under it.
+fn fits(a: &ConvParams, b: &ConvParams, b_node: &NodeProto) -> Option<usize> {
     let group = attr::int(b_node, "group").ok().flatten().unwrap_or(1);
-    group >= 1 && b.dims[1] * group == a.dims[0] && b.dims[0] % group == 0
+    (group >= 1 && b.dims[1] * group == a.dims[0] && b.dims[0] % group == 0)
+        .then_some(group as usize)
 }
 
 /// Equalizes one pair in place; returns the largest `|ln s_i|` it applied.
-fn equalize_pair(convs: &mut BTreeMap<usize, ConvParams>, pair: Pair, group: usize) -> f64 {
+fn equalize_pair(convs: &mut BTreeMap<usize, ConvParams>, pair: Pair) -> f64 {
+    let group = pair.group;
     let channels = convs[&pair.a].dims[0] as usize;
     let per_filter = convs[&pair.a].weight.len() / channels;
     let (b_out, b_in) = (
@@ -327,7 +328,7 @@ mod tests {
             );
             let mut convs = BTreeMap::from([(0, a), (1, b)]);
             for _ in 0..MAX_SWEEPS {
-                equalize_pair(&mut convs, Pair { a: 0, b: 1 }, group);
+                equalize_pair(&mut convs, Pair { a: 0, b: 1, group });
             }
             let (a, b) = (&convs[&0], &convs[&1]);
             let b_in = channels / group;

@@ -119,7 +119,9 @@ pub(super) fn rewrite(
                 .unwrap_or_else(|_| Err(Error::Model("the weight reader stopped".into())))
         };
         let mut done = |values: Vec<f32>| drop(done_tx.send(values));
-        rewrite_units(index, plan, names, weights, store, &mut next, &mut done)
+        rewrite_units(
+            scope, index, plan, names, weights, store, &mut next, &mut done,
+        )
     })
 }
 
@@ -139,13 +141,15 @@ fn cache_key(u: &WeightOnlyUse) -> String {
 }
 
 /// [`rewrite`] of every unit, the float values of each weight first needed taken from
-/// `next_values`.
-fn rewrite_units(
+/// `next_values`, each weight packed and stored on a thread of `scope`.
+#[allow(clippy::too_many_arguments)]
+fn rewrite_units<'scope, 'env, 's: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
     index: &GraphIndex,
-    plan: &Plan,
+    plan: &'scope Plan,
     names: &mut Names,
     weights: super::WeightReader,
-    mut store: Option<super::WeightStore>,
+    mut store: Option<super::WeightStore<'s>>,
     next_values: &mut dyn FnMut() -> Result<Vec<f32>>,
     done_with: &mut dyn FnMut(Vec<f32>),
 ) -> Result<WeightOnlyRewrite> {
@@ -154,196 +158,194 @@ fn rewrite_units(
     let mut cache: HashMap<String, (Written, usize)> = HashMap::new();
     // GPTQ's factor of an input, computed once for every weight that reads it.
     let mut factors: HashMap<String, Option<GptqFactor>> = HashMap::new();
-    std::thread::scope(|scope| {
-        // The last weight's packing and storing, on a thread of its own while the next weight is
-        // quantized (on a 2-core machine it otherwise left a core idle for a sixth of the run).
-        // Joined before the next one starts, so initializers are stored in the plan's order.
-        let mut packing: Option<Packing> = None;
-        for u in &plan.weight_only {
-            let original = &graph.node[u.node];
-            let base = if original.name().is_empty() {
-                original.output.first().cloned().unwrap_or_default()
-            } else {
-                original.name().to_string()
-            };
-            let key = cache_key(u);
-            let (written, block) = match cache.get(&key) {
-                Some(w) => w.clone(),
-                None => {
-                    let factor = match (u.spec.algorithm, factors.get(&u.activation)) {
-                        (Algorithm::Gptq, None) => {
-                            let f = plan
-                                .weight_only_hessians
-                                .0
-                                .get(&u.activation)
-                                .and_then(GptqFactor::new);
-                            factors.entry(u.activation.clone()).or_insert(f)
-                        }
-                        (_, Some(f)) => f,
-                        _ => &None,
-                    };
-                    let values = next_values()?;
-                    let (q, error) = quantize_weight(u, &values, factor.as_ref());
-                    done_with(values);
-                    out.weights.push(error);
-                    let written = weight_names(u, q.spec.bits, names);
-                    join_packing(&mut packing, &mut store, &mut out)?;
-                    let (w, mut back) = ((written.clone(), q.spec.block), store.take());
-                    packing = Some(scope.spawn(move || {
-                        let mut made = initializers(u, q, &written);
-                        let stored = match back.as_mut() {
-                            Some(store) => made.iter_mut().try_for_each(&mut **store),
-                            None => Ok(()),
-                        };
-                        (stored.map(|()| made), back)
-                    }));
-                    cache.insert(key, w.clone());
-                    w
-                }
-            };
-            let y = original.output[0].clone();
-            let mut nodes = Vec::new();
-            match &u.kind {
-                WeightOnlyKind::MatMul { bias, .. } => {
-                    let unbiased = if bias.is_some() {
-                        names.fresh(&format!("{y}_unbiased"))
-                    } else {
-                        y.clone()
-                    };
-                    let a = original.input[0].clone();
-                    let (q, s, z) = written;
-                    match u.form {
-                        WeightForm::OnnxRuntime => {
-                            let mut inputs = vec![a, q, s];
-                            inputs.extend(z);
-                            let mut mm = ms_node(
-                                "MatMulNBits",
-                                names.fresh(&format!("{base}_MatMulNBits")),
-                                inputs,
-                                unbiased.clone(),
-                            );
-                            mm.attribute = vec![
-                                attr_int("K", u.k as i64),
-                                attr_int("N", u.n as i64),
-                                attr_int("bits", i64::from(u.spec.bits)),
-                                attr_int("block_size", block as i64),
-                                attr_int("accuracy_level", i64::from(u.accuracy_level)),
-                            ];
-                            nodes.push(mm);
-                            out.uses_ms_domain = true;
-                        }
-                        WeightForm::Standard => {
-                            let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
-                            nodes.push(blocked_dq(
-                                names.fresh(&format!("{base}_DequantizeWeight")),
-                                (q, s, z),
-                                dq_out.clone(),
-                                0,
-                                block,
-                            ));
-                            nodes.push(node(
-                                "MatMul",
-                                names.fresh(&format!("{base}_MatMul")),
-                                vec![a, dq_out],
-                                unbiased.clone(),
-                            ));
-                        }
+    // The last weight's packing and storing, on a thread of its own while the next weight is
+    // quantized (on a 2-core machine it otherwise left a core idle for a sixth of the run).
+    // Joined before the next one starts, so initializers are stored in the plan's order.
+    let mut packing: Option<Packing> = None;
+    for u in &plan.weight_only {
+        let original = &graph.node[u.node];
+        let base = if original.name().is_empty() {
+            original.output.first().cloned().unwrap_or_default()
+        } else {
+            original.name().to_string()
+        };
+        let key = cache_key(u);
+        let (written, block) = match cache.get(&key) {
+            Some(w) => w.clone(),
+            None => {
+                let factor = match (u.spec.algorithm, factors.get(&u.activation)) {
+                    (Algorithm::Gptq, None) => {
+                        let f = plan
+                            .weight_only_hessians
+                            .0
+                            .get(&u.activation)
+                            .and_then(GptqFactor::new);
+                        factors.entry(u.activation.clone()).or_insert(f)
                     }
-                    if let Some((c, beta)) = bias {
-                        let c_name = if *beta == 1.0 {
-                            c.clone()
-                        } else {
-                            let t = index.constant(c).ok_or_else(|| {
-                                Error::Model(format!("bias '{c}' is not a constant"))
-                            })?;
-                            let mut v = Vec::new();
-                            weights(&t, &mut v)?;
-                            let scaled: Vec<f32> = v.iter().map(|x| x * beta).collect();
-                            let name = names.fresh(&format!("{c}_beta"));
-                            out.initializers
-                                .push(tensor::from_f32(&name, &t.dims, &scaled));
-                            name
-                        };
+                    (_, Some(f)) => f,
+                    _ => &None,
+                };
+                let values = next_values()?;
+                let (q, error) = quantize_weight(u, &values, factor.as_ref());
+                done_with(values);
+                out.weights.push(error);
+                let written = weight_names(u, q.spec.bits, names);
+                join_packing(&mut packing, &mut store, &mut out)?;
+                let (w, mut back) = ((written.clone(), q.spec.block), store.take());
+                packing = Some(scope.spawn(move || {
+                    let mut made = initializers(u, q, &written);
+                    let stored = match back.as_mut() {
+                        Some(store) => made.iter_mut().try_for_each(&mut **store),
+                        None => Ok(()),
+                    };
+                    (stored.map(|()| made), back)
+                }));
+                cache.insert(key, w.clone());
+                w
+            }
+        };
+        let y = original.output[0].clone();
+        let mut nodes = Vec::new();
+        match &u.kind {
+            WeightOnlyKind::MatMul { bias, .. } => {
+                let unbiased = if bias.is_some() {
+                    names.fresh(&format!("{y}_unbiased"))
+                } else {
+                    y.clone()
+                };
+                let a = original.input[0].clone();
+                let (q, s, z) = written;
+                match u.form {
+                    WeightForm::OnnxRuntime => {
+                        let mut inputs = vec![a, q, s];
+                        inputs.extend(z);
+                        let mut mm = ms_node(
+                            "MatMulNBits",
+                            names.fresh(&format!("{base}_MatMulNBits")),
+                            inputs,
+                            unbiased.clone(),
+                        );
+                        mm.attribute = vec![
+                            attr_int("K", u.k as i64),
+                            attr_int("N", u.n as i64),
+                            attr_int("bits", i64::from(u.spec.bits)),
+                            attr_int("block_size", block as i64),
+                            attr_int("accuracy_level", i64::from(u.accuracy_level)),
+                        ];
+                        nodes.push(mm);
+                        out.uses_ms_domain = true;
+                    }
+                    WeightForm::Standard => {
+                        let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
+                        nodes.push(blocked_dq(
+                            names.fresh(&format!("{base}_DequantizeWeight")),
+                            (q, s, z),
+                            dq_out.clone(),
+                            0,
+                            block,
+                        ));
                         nodes.push(node(
-                            "Add",
-                            names.fresh(&format!("{base}_Bias")),
-                            vec![unbiased, c_name],
-                            y,
+                            "MatMul",
+                            names.fresh(&format!("{base}_MatMul")),
+                            vec![a, dq_out],
+                            unbiased.clone(),
                         ));
                     }
                 }
-                WeightOnlyKind::Table => {
-                    let ids = original.input[1].clone();
-                    let (q, s, z) = written;
-                    match (u.form, u.spec.bits) {
-                        (WeightForm::OnnxRuntime, _) => {
-                            let mut inputs = vec![q, ids, s];
-                            inputs.extend(z);
-                            let mut g = ms_node(
-                                "GatherBlockQuantized",
-                                names.fresh(&format!("{base}_GatherBlockQuantized")),
-                                inputs,
-                                y,
-                            );
-                            g.attribute = vec![
-                                attr_int("gather_axis", 0),
-                                attr_int("quantize_axis", 1),
-                                attr_int("block_size", block as i64),
-                                attr_int("bits", i64::from(u.spec.bits)),
-                            ];
-                            nodes.push(g);
-                            out.uses_ms_domain = true;
-                        }
-                        (WeightForm::Standard, 8) => {
-                            // Gather the 8-bit rows and their scales, dequantize only those.
-                            let mut dq_inputs = Vec::new();
-                            for (t, what) in std::iter::once((q, "rows"))
-                                .chain(std::iter::once((s, "scales")))
-                                .chain(z.map(|z| (z, "zero_points")))
-                            {
-                                let g_out = names.fresh(&format!("{y}_{what}"));
-                                nodes.push(node(
-                                    "Gather",
-                                    names.fresh(&format!("{base}_Gather_{what}")),
-                                    vec![t, ids.clone()],
-                                    g_out.clone(),
-                                ));
-                                dq_inputs.push(g_out);
-                            }
-                            let mut dq = node(
-                                "DequantizeLinear",
-                                names.fresh(&format!("{base}_DequantizeRows")),
-                                dq_inputs,
-                                y,
-                            );
-                            dq.attribute =
-                                vec![attr_int("axis", -1), attr_int("block_size", block as i64)];
-                            nodes.push(dq);
-                        }
-                        (WeightForm::Standard, _) => {
-                            // Gather cannot read 4-bit data: the table is dequantized, then
-                            // gathered.
-                            let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
-                            nodes.push(blocked_dq(
-                                names.fresh(&format!("{base}_DequantizeTable")),
-                                (q, s, z),
-                                dq_out.clone(),
-                                1,
-                                block,
+                if let Some((c, beta)) = bias {
+                    let c_name = if *beta == 1.0 {
+                        c.clone()
+                    } else {
+                        let t = index
+                            .constant(c)
+                            .ok_or_else(|| Error::Model(format!("bias '{c}' is not a constant")))?;
+                        let mut v = Vec::new();
+                        weights(&t, &mut v)?;
+                        let scaled: Vec<f32> = v.iter().map(|x| x * beta).collect();
+                        let name = names.fresh(&format!("{c}_beta"));
+                        out.initializers
+                            .push(tensor::from_f32(&name, &t.dims, &scaled));
+                        name
+                    };
+                    nodes.push(node(
+                        "Add",
+                        names.fresh(&format!("{base}_Bias")),
+                        vec![unbiased, c_name],
+                        y,
+                    ));
+                }
+            }
+            WeightOnlyKind::Table => {
+                let ids = original.input[1].clone();
+                let (q, s, z) = written;
+                match (u.form, u.spec.bits) {
+                    (WeightForm::OnnxRuntime, _) => {
+                        let mut inputs = vec![q, ids, s];
+                        inputs.extend(z);
+                        let mut g = ms_node(
+                            "GatherBlockQuantized",
+                            names.fresh(&format!("{base}_GatherBlockQuantized")),
+                            inputs,
+                            y,
+                        );
+                        g.attribute = vec![
+                            attr_int("gather_axis", 0),
+                            attr_int("quantize_axis", 1),
+                            attr_int("block_size", block as i64),
+                            attr_int("bits", i64::from(u.spec.bits)),
+                        ];
+                        nodes.push(g);
+                        out.uses_ms_domain = true;
+                    }
+                    (WeightForm::Standard, 8) => {
+                        // Gather the 8-bit rows and their scales, dequantize only those.
+                        let mut dq_inputs = Vec::new();
+                        for (t, what) in std::iter::once((q, "rows"))
+                            .chain(std::iter::once((s, "scales")))
+                            .chain(z.map(|z| (z, "zero_points")))
+                        {
+                            let g_out = names.fresh(&format!("{y}_{what}"));
+                            nodes.push(node(
+                                "Gather",
+                                names.fresh(&format!("{base}_Gather_{what}")),
+                                vec![t, ids.clone()],
+                                g_out.clone(),
                             ));
-                            nodes.push(NodeProto {
-                                input: vec![dq_out, ids],
-                                ..original.clone()
-                            });
+                            dq_inputs.push(g_out);
                         }
+                        let mut dq = node(
+                            "DequantizeLinear",
+                            names.fresh(&format!("{base}_DequantizeRows")),
+                            dq_inputs,
+                            y,
+                        );
+                        dq.attribute =
+                            vec![attr_int("axis", -1), attr_int("block_size", block as i64)];
+                        nodes.push(dq);
+                    }
+                    (WeightForm::Standard, _) => {
+                        // Gather cannot read 4-bit data: the table is dequantized, then
+                        // gathered.
+                        let dq_out = names.fresh(&format!("{}_dequantized", u.weight));
+                        nodes.push(blocked_dq(
+                            names.fresh(&format!("{base}_DequantizeTable")),
+                            (q, s, z),
+                            dq_out.clone(),
+                            1,
+                            block,
+                        ));
+                        nodes.push(NodeProto {
+                            input: vec![dq_out, ids],
+                            ..original.clone()
+                        });
                     }
                 }
             }
-            out.replaced.insert(u.node, nodes);
         }
-        join_packing(&mut packing, &mut store, &mut out)?;
-        Ok(out)
-    })
+        out.replaced.insert(u.node, nodes);
+    }
+    join_packing(&mut packing, &mut store, &mut out)?;
+    Ok(out)
 }
 
 /// Waits for the last weight's packing: its initializers go to `out`, the store back to
